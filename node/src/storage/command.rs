@@ -1,0 +1,383 @@
+//! The replicated commands of the KV state machine and their pure, deterministic execution.
+//!
+//! Execution is written against [`KvView`] so the same code runs over RocksDB during apply
+//! and over a `BTreeMap` in tests and in the proptest model.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// What the state machine stores for a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub value: Vec<u8>,
+    /// Revision (log index) of the write that created the key since it last did not exist.
+    pub create_revision: u64,
+    /// Revision (log index) of the last write to the key.
+    pub mod_revision: u64,
+    /// Writes since creation; 1 after the first put.
+    pub version: u64,
+}
+
+/// A key together with its record, as returned to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub record: KeyRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutOp {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteOp {
+    pub key: Vec<u8>,
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put(PutOp),
+    Delete(DeleteOp),
+    Get { key: Vec<u8> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Greater,
+    Less,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Value(Vec<u8>),
+    Version(u64),
+    ModRevision(u64),
+    CreateRevision(u64),
+    Exists(bool),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnCommand {
+    pub compares: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// A write proposed through Raft. Reads never go through the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutOp),
+    Delete(DeleteOp),
+    Txn(TxnCommand),
+    /// Records the cluster id once; later proposals are ignored, so every replica agrees.
+    InitCluster {
+        cluster_id: u64,
+    },
+}
+
+impl std::fmt::Display for Command {
+    /// A short description for logs; never the values, which may be large or private.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = |k: &[u8]| String::from_utf8_lossy(&k[..k.len().min(64)]).into_owned();
+        match self {
+            Command::Put(p) => write!(f, "put({}, {} bytes)", key(&p.key), p.value.len()),
+            Command::Delete(d) => write!(f, "delete({})", key(&d.key)),
+            Command::Txn(t) => write!(
+                f,
+                "txn({} compares, {}/{} ops)",
+                t.compares.len(),
+                t.success.len(),
+                t.failure.len()
+            ),
+            Command::InitCluster { cluster_id } => write!(f, "init-cluster({cluster_id:x})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    Put {
+        prev: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+        prev: Option<KeyValue>,
+    },
+    Get {
+        kv: Option<KeyValue>,
+    },
+}
+
+/// The state machine's answer to one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CommandResponse {
+    /// Blank and membership entries, and `InitCluster`.
+    #[default]
+    Empty,
+    Op(OpResult),
+    Txn {
+        succeeded: bool,
+        results: Vec<OpResult>,
+    },
+}
+
+/// Read and write access to the key space while one entry executes.
+pub trait KvView {
+    type Error;
+    fn get(&mut self, key: &[u8]) -> Result<Option<KeyRecord>, Self::Error>;
+    fn put(&mut self, key: &[u8], record: KeyRecord) -> Result<(), Self::Error>;
+    fn delete(&mut self, key: &[u8]) -> Result<(), Self::Error>;
+}
+
+impl KvView for BTreeMap<Vec<u8>, KeyRecord> {
+    type Error = std::convert::Infallible;
+    fn get(&mut self, key: &[u8]) -> Result<Option<KeyRecord>, Self::Error> {
+        Ok(BTreeMap::get(self, key).cloned())
+    }
+    fn put(&mut self, key: &[u8], record: KeyRecord) -> Result<(), Self::Error> {
+        self.insert(key.to_vec(), record);
+        Ok(())
+    }
+    fn delete(&mut self, key: &[u8]) -> Result<(), Self::Error> {
+        self.remove(key);
+        Ok(())
+    }
+}
+
+/// Executes `cmd` at `revision` (its log index). Deterministic: every replica computes the
+/// same changes and the same response from the same state.
+pub fn execute<V: KvView>(
+    cmd: &Command,
+    revision: u64,
+    view: &mut V,
+) -> Result<CommandResponse, V::Error> {
+    Ok(match cmd {
+        Command::Put(op) => CommandResponse::Op(put(op, revision, view)?),
+        Command::Delete(op) => CommandResponse::Op(delete(op, view)?),
+        Command::Txn(txn) => {
+            let mut succeeded = true;
+            for c in &txn.compares {
+                let current = view.get(&c.key)?;
+                if !compare_holds(c, current.as_ref()) {
+                    succeeded = false;
+                    break;
+                }
+            }
+            let ops = if succeeded {
+                &txn.success
+            } else {
+                &txn.failure
+            };
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                results.push(match op {
+                    TxnOp::Put(p) => put(p, revision, view)?,
+                    TxnOp::Delete(d) => delete(d, view)?,
+                    TxnOp::Get { key } => OpResult::Get {
+                        kv: view.get(key)?.map(|record| KeyValue {
+                            key: key.clone(),
+                            record,
+                        }),
+                    },
+                });
+            }
+            CommandResponse::Txn { succeeded, results }
+        }
+        Command::InitCluster { .. } => CommandResponse::Empty,
+    })
+}
+
+fn put<V: KvView>(op: &PutOp, revision: u64, view: &mut V) -> Result<OpResult, V::Error> {
+    let prev = view.get(&op.key)?;
+    let record = match &prev {
+        Some(p) => KeyRecord {
+            value: op.value.clone(),
+            create_revision: p.create_revision,
+            mod_revision: revision,
+            version: p.version + 1,
+        },
+        None => KeyRecord {
+            value: op.value.clone(),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+        },
+    };
+    view.put(&op.key, record)?;
+    let prev = if op.prev_kv {
+        prev.map(|record| KeyValue {
+            key: op.key.clone(),
+            record,
+        })
+    } else {
+        None
+    };
+    Ok(OpResult::Put { prev })
+}
+
+fn delete<V: KvView>(op: &DeleteOp, view: &mut V) -> Result<OpResult, V::Error> {
+    let prev = view.get(&op.key)?;
+    let deleted = u64::from(prev.is_some());
+    if prev.is_some() {
+        view.delete(&op.key)?;
+    }
+    let prev = if op.prev_kv {
+        prev.map(|record| KeyValue {
+            key: op.key.clone(),
+            record,
+        })
+    } else {
+        None
+    };
+    Ok(OpResult::Delete { deleted, prev })
+}
+
+/// Whether `c` holds against the key's current record (`None` when absent). As in etcd, an
+/// absent key has version, create and mod revision 0 and an empty value.
+pub fn compare_holds(c: &Compare, current: Option<&KeyRecord>) -> bool {
+    use std::cmp::Ordering;
+    let ordering = match &c.target {
+        CompareTarget::Value(v) => current
+            .map(|r| r.value.as_slice())
+            .unwrap_or_default()
+            .cmp(v.as_slice()),
+        CompareTarget::Version(n) => current.map_or(0, |r| r.version).cmp(n),
+        CompareTarget::ModRevision(n) => current.map_or(0, |r| r.mod_revision).cmp(n),
+        CompareTarget::CreateRevision(n) => current.map_or(0, |r| r.create_revision).cmp(n),
+        CompareTarget::Exists(e) => current.is_some().cmp(e),
+    };
+    match c.op {
+        CompareOp::Equal => ordering == Ordering::Equal,
+        CompareOp::NotEqual => ordering != Ordering::Equal,
+        CompareOp::Greater => ordering == Ordering::Greater,
+        CompareOp::Less => ordering == Ordering::Less,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Map = BTreeMap<Vec<u8>, KeyRecord>;
+
+    fn put_cmd(k: &str, v: &str) -> Command {
+        Command::Put(PutOp {
+            key: k.into(),
+            value: v.into(),
+            prev_kv: true,
+        })
+    }
+
+    #[test]
+    fn put_tracks_versions_and_revisions_like_etcd() {
+        let mut m = Map::new();
+        execute(&put_cmd("a", "1"), 5, &mut m).unwrap();
+        let r = execute(&put_cmd("a", "2"), 9, &mut m).unwrap();
+        let rec = m.get(b"a".as_slice()).unwrap();
+        assert_eq!(
+            (rec.create_revision, rec.mod_revision, rec.version),
+            (5, 9, 2)
+        );
+        let CommandResponse::Op(OpResult::Put { prev: Some(prev) }) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(prev.record.value, b"1");
+        // A delete resets the version: the next put creates the key anew.
+        execute(
+            &Command::Delete(DeleteOp {
+                key: "a".into(),
+                prev_kv: false,
+            }),
+            10,
+            &mut m,
+        )
+        .unwrap();
+        execute(&put_cmd("a", "3"), 11, &mut m).unwrap();
+        let rec = m.get(b"a".as_slice()).unwrap();
+        assert_eq!(
+            (rec.create_revision, rec.mod_revision, rec.version),
+            (11, 11, 1)
+        );
+    }
+
+    #[test]
+    fn txn_runs_success_or_failure_branch_by_compare() {
+        let mut m = Map::new();
+        execute(&put_cmd("k", "v1"), 1, &mut m).unwrap();
+        let cas = |expect: &str, new: &str| {
+            Command::Txn(TxnCommand {
+                compares: vec![Compare {
+                    key: "k".into(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::Value(expect.into()),
+                }],
+                success: vec![TxnOp::Put(PutOp {
+                    key: "k".into(),
+                    value: new.into(),
+                    prev_kv: false,
+                })],
+                failure: vec![TxnOp::Get { key: "k".into() }],
+            })
+        };
+        let r = execute(&cas("v1", "v2"), 2, &mut m).unwrap();
+        assert!(matches!(
+            r,
+            CommandResponse::Txn {
+                succeeded: true,
+                ..
+            }
+        ));
+        let r = execute(&cas("v1", "v3"), 3, &mut m).unwrap();
+        let CommandResponse::Txn {
+            succeeded: false,
+            results,
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            results,
+            vec![OpResult::Get {
+                kv: Some(KeyValue {
+                    key: "k".into(),
+                    record: m[b"k".as_slice()].clone()
+                })
+            }]
+        );
+        assert_eq!(m[b"k".as_slice()].value, b"v2");
+    }
+
+    #[test]
+    fn absent_key_compares_as_zero_and_not_existing() {
+        let absent = |target, op| {
+            compare_holds(
+                &Compare {
+                    key: "x".into(),
+                    op,
+                    target,
+                },
+                None,
+            )
+        };
+        assert!(absent(CompareTarget::Version(0), CompareOp::Equal));
+        assert!(absent(CompareTarget::CreateRevision(1), CompareOp::Less));
+        assert!(absent(CompareTarget::Exists(false), CompareOp::Equal));
+        assert!(!absent(CompareTarget::Exists(true), CompareOp::Equal));
+        assert!(absent(CompareTarget::Value(b"a".to_vec()), CompareOp::Less));
+    }
+}
