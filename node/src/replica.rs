@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::raft::LogId;
 use crate::raft::MemberInfo;
+use crate::raft::Membership;
 use crate::raft::NodeId;
 use crate::raft::Raft;
 use crate::raft::network::PeerChannels;
@@ -253,51 +254,6 @@ impl Replica {
                     log_index: resp.log_id.index(),
                 })
             }
-            ForwardRequest::PromoteLearner { id } => {
-                let membership = self.current_membership();
-                if !membership.learner_ids().any(|l| l == id) {
-                    return Err(ForwardError::InvalidArgument(format!(
-                        "member {id} is not a learner (learners: {:?})",
-                        membership.learner_ids().collect::<Vec<_>>()
-                    )));
-                }
-                let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-                let resp = self
-                    .raft
-                    .change_membership(change, false)
-                    .await
-                    .map_err(client_write_error)?;
-                Ok(ForwardResponse::Membership {
-                    log_index: resp.log_id.index(),
-                })
-            }
-            ForwardRequest::RemoveMember { id } => {
-                let membership = self.current_membership();
-                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-                let change = if voters.contains(&id) {
-                    if voters.len() == 1 {
-                        return Err(ForwardError::InvalidArgument(format!(
-                            "member {id} is the last voter; it cannot be removed"
-                        )));
-                    }
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else if membership.learner_ids().any(|l| l == id) {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                } else {
-                    return Err(ForwardError::InvalidArgument(format!(
-                        "member {id} is not in the cluster (members: {:?})",
-                        membership.nodes().map(|(id, _)| *id).collect::<Vec<_>>()
-                    )));
-                };
-                let resp = self
-                    .raft
-                    .change_membership(change, false)
-                    .await
-                    .map_err(client_write_error)?;
-                Ok(ForwardResponse::Membership {
-                    log_index: resp.log_id.index(),
-                })
-            }
             ForwardRequest::TransferLeader { to } => {
                 if !self.current_membership().voter_ids().any(|v| v == to) {
                     return Err(ForwardError::InvalidArgument(format!(
@@ -313,20 +269,19 @@ impl Replica {
                 }
                 Ok(ForwardResponse::Done)
             }
-            ForwardRequest::UpdateMemberInfo { id, info } => {
-                if self.current_membership().get_node(&id) == Some(&info) {
-                    return Ok(ForwardResponse::Done);
+            change => match plan_membership_change(&change, &self.current_membership())? {
+                Some(change) => {
+                    let resp = self
+                        .raft
+                        .change_membership(change, false)
+                        .await
+                        .map_err(client_write_error)?;
+                    Ok(ForwardResponse::Membership {
+                        log_index: resp.log_id.index(),
+                    })
                 }
-                let change = ChangeMembers::SetNodes(BTreeMap::from([(id, info)]));
-                let resp = self
-                    .raft
-                    .change_membership(change, false)
-                    .await
-                    .map_err(client_write_error)?;
-                Ok(ForwardResponse::Membership {
-                    log_index: resp.log_id.index(),
-                })
-            }
+                None => Ok(ForwardResponse::Done),
+            },
         }
     }
 
@@ -492,6 +447,55 @@ impl Replica {
     }
 }
 
+/// The membership change a promote, remove or member-info request asks for, checked against
+/// the current membership; `None` when there is nothing to change.
+fn plan_membership_change(
+    req: &ForwardRequest,
+    membership: &Membership,
+) -> Result<Option<ChangeMembers<NodeId, MemberInfo>>, ForwardError> {
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let is_learner = |id: &NodeId| membership.learner_ids().any(|l| l == *id);
+    match req {
+        ForwardRequest::PromoteLearner { id } => {
+            if !is_learner(id) {
+                return Err(ForwardError::InvalidArgument(format!(
+                    "member {id} is not a learner (learners: {:?})",
+                    membership.learner_ids().collect::<Vec<_>>()
+                )));
+            }
+            Ok(Some(ChangeMembers::AddVoterIds(BTreeSet::from([*id]))))
+        }
+        ForwardRequest::RemoveMember { id } if voters.contains(id) => {
+            if voters.len() == 1 {
+                return Err(ForwardError::InvalidArgument(format!(
+                    "member {id} is the last voter; it cannot be removed"
+                )));
+            }
+            Ok(Some(ChangeMembers::RemoveVoters(BTreeSet::from([*id]))))
+        }
+        ForwardRequest::RemoveMember { id } if is_learner(id) => {
+            Ok(Some(ChangeMembers::RemoveNodes(BTreeSet::from([*id]))))
+        }
+        ForwardRequest::RemoveMember { id } => Err(ForwardError::InvalidArgument(format!(
+            "member {id} is not in the cluster (members: {:?})",
+            membership.nodes().map(|(id, _)| *id).collect::<Vec<_>>()
+        ))),
+        ForwardRequest::UpdateMemberInfo { id, info } => {
+            if membership.get_node(id) == Some(info) {
+                Ok(None)
+            } else {
+                Ok(Some(ChangeMembers::SetNodes(BTreeMap::from([(
+                    *id,
+                    info.clone(),
+                )]))))
+            }
+        }
+        other => Err(ForwardError::InvalidArgument(format!(
+            "not a membership change: {other:?}"
+        ))),
+    }
+}
+
 fn deadline_unknown() -> ReplicaError {
     ReplicaError::Deadline("the request deadline passed before the write was acknowledged; it may or may not be applied".into())
 }
@@ -526,3 +530,62 @@ fn client_write_error(
 
 /// Shared handle type for services.
 pub type SharedReplica = Arc<Replica>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership(voters: &[NodeId], learners: &[NodeId]) -> Membership {
+        let nodes: BTreeMap<NodeId, MemberInfo> = voters
+            .iter()
+            .chain(learners)
+            .map(|id| (*id, MemberInfo::default()))
+            .collect();
+        Membership::new(vec![voters.iter().copied().collect()], nodes).expect("valid membership")
+    }
+
+    #[test]
+    fn membership_changes_are_checked_against_the_current_membership() {
+        let m = membership(&[1, 2, 3], &[4]);
+        let plan = |req| plan_membership_change(&req, &m);
+        assert!(matches!(
+            plan(ForwardRequest::PromoteLearner { id: 4 }),
+            Ok(Some(ChangeMembers::AddVoterIds(_)))
+        ));
+        assert!(matches!(
+            plan(ForwardRequest::PromoteLearner { id: 2 }),
+            Err(ForwardError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            plan(ForwardRequest::RemoveMember { id: 2 }),
+            Ok(Some(ChangeMembers::RemoveVoters(_)))
+        ));
+        assert!(matches!(
+            plan(ForwardRequest::RemoveMember { id: 4 }),
+            Ok(Some(ChangeMembers::RemoveNodes(_)))
+        ));
+        let Err(ForwardError::InvalidArgument(msg)) = plan(ForwardRequest::RemoveMember { id: 9 })
+        else {
+            panic!("removing an unknown member must fail")
+        };
+        assert!(msg.contains("member 9 is not in the cluster"), "{msg}");
+        let single = membership(&[1], &[]);
+        assert!(plan_membership_change(&ForwardRequest::RemoveMember { id: 1 }, &single).is_err());
+        // Publishing unchanged member info is a no-op; changed info is a SetNodes change.
+        assert!(matches!(
+            plan(ForwardRequest::UpdateMemberInfo {
+                id: 1,
+                info: MemberInfo::default()
+            }),
+            Ok(None)
+        ));
+        let info = MemberInfo {
+            name: "n".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            plan(ForwardRequest::UpdateMemberInfo { id: 1, info }),
+            Ok(Some(ChangeMembers::SetNodes(_)))
+        ));
+    }
+}
