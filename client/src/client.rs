@@ -409,7 +409,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let result = MaintenanceClient::new(channel)
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
-            .status(with_timeout(StatusRequest {}, timeout))
+            .status(with_timeout(StatusRequest::default(), timeout))
             .await;
         result.map(tonic::Response::into_inner).map_err(|status| {
             let failure = Failure::from_status(&status).at_deadline(Instant::now() >= deadline);

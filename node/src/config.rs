@@ -52,6 +52,16 @@ pub struct NodeConfig {
     #[arg(long, env = "FERROKV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
 
+    /// Source IP of outgoing peer connections (default: chosen by the OS). Lets a test
+    /// harness's proxies tell which replica a peer connection comes from.
+    #[arg(long, env = "FERROKV_PEER_SOURCE_IP")]
+    pub peer_source_ip: Option<std::net::IpAddr>,
+
+    /// Test builds only (ferrokv-faulty): break a guarantee on purpose.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, env = "FERROKV_FAULT", value_enum)]
+    pub fault: Option<crate::fault::Fault>,
+
     /// HTTP address for /metrics (Prometheus), /livez and /readyz.
     #[arg(long, env = "FERROKV_LISTEN_METRICS", default_value = "127.0.0.1:2381")]
     pub listen_metrics: SocketAddr,
@@ -134,6 +144,14 @@ impl NodeConfig {
     pub fn max_request_bytes(&self) -> usize {
         self.max_request_bytes
             .unwrap_or(self.max_value_bytes + self.max_key_bytes + (64 << 10))
+    }
+
+    /// The faults this node runs with (always none without the `fault-injection` feature).
+    pub fn faults(&self) -> crate::fault::Faults {
+        #[cfg(feature = "fault-injection")]
+        return crate::fault::Faults::new(self.fault);
+        #[cfg(not(feature = "fault-injection"))]
+        crate::fault::Faults::default()
     }
 
     pub fn member_name(&self, id: NodeId) -> String {

@@ -1,6 +1,8 @@
 //! ferrokv-node: one replica of ferrokv — RocksDB storage, openraft replication, gRPC services.
 //!
 //! # Layout
+//! - [`cli`]: the `ferrokv` command line; [`fault`]: test-only faults (feature
+//!   `fault-injection`, binary `ferrokv-faulty`).
 //! - [`config`]: flags and `FERROKV_*` environment fallbacks, parsed once.
 //! - [`storage`]: the RocksDB store — log, vote, state machine, snapshots — and the
 //!   durability contract of DESIGN.md §2.
@@ -17,7 +19,9 @@
 //! the leader, wait until applied) → state machine read.
 
 pub mod api;
+pub mod cli;
 pub mod config;
+pub mod fault;
 pub mod local_cluster;
 pub mod raft;
 pub mod replica;

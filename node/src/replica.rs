@@ -65,6 +65,7 @@ pub struct Replica {
     pub reader: KvReader,
     pub store: Store,
     pub channels: PeerChannels,
+    pub faults: crate::fault::Faults,
 }
 
 /// The result of a write: the log index it was applied at and the state machine's answer.
@@ -223,6 +224,10 @@ impl Replica {
         req: ForwardRequest,
     ) -> Result<ForwardResponse, ForwardError> {
         match req {
+            #[cfg(feature = "fault-injection")]
+            ForwardRequest::Write(cmd) if self.faults.early_ack() => {
+                crate::fault::early_ack_write(self, cmd).await
+            }
             ForwardRequest::Write(cmd) => {
                 let resp = self
                     .raft
@@ -310,6 +315,9 @@ impl Replica {
     /// the read index comes from the leader (this replica or another), then the local state
     /// machine must have applied up to it.
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), ReplicaError> {
+        if self.faults.stale_read() {
+            return Ok(());
+        }
         let read_log_id = loop {
             let leader = self.wait_leader(deadline).await?;
             let result = if leader == self.id {

@@ -102,7 +102,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow:
     let (log_store, state_machine) = store.split()?;
     let reader = state_machine.reader();
 
-    let channels = PeerChannels::new(cfg.max_request_bytes().saturating_mul(300).max(64 << 20));
+    let peer_max = cfg.max_request_bytes().saturating_mul(300).max(64 << 20);
+    let channels = PeerChannels::new(peer_max, cfg.peer_source_ip);
     let network = PeerNetworkFactory {
         channels: channels.clone(),
     };
@@ -120,6 +121,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow:
         peer_addr: cfg.advertise_peer(),
         client_addr: cfg.advertise_client(),
     };
+    let faults = cfg.faults();
+    if faults.stale_read() || faults.early_ack() {
+        tracing::warn!(
+            ?faults,
+            "FAULT INJECTION ACTIVE: this node breaks its guarantees on purpose"
+        );
+    }
     let replica = Replica {
         id,
         info: info.clone(),
@@ -127,6 +135,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow:
         reader,
         store: store.clone(),
         channels,
+        faults,
     };
 
     let peer_listener = TcpListener::bind(cfg.listen_peer)
@@ -145,7 +154,6 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow:
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let peer_max = cfg.max_request_bytes().saturating_mul(300).max(64 << 20);
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(

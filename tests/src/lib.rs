@@ -307,6 +307,24 @@ impl Cluster {
         client.status(&self.nodes[&id].endpoint()).await.ok()
     }
 
+    /// Replica `id`'s state hash and the revision it was computed at (Maintenance.Status).
+    pub async fn state_hash(&self, id: u64) -> (u64, u64) {
+        let mut m = ferrokv_proto::v1::maintenance_client::MaintenanceClient::connect(format!(
+            "http://{}",
+            self.nodes[&id].endpoint()
+        ))
+        .await
+        .expect("maintenance client");
+        let s = m
+            .status(ferrokv_proto::v1::StatusRequest {
+                with_state_hash: true,
+            })
+            .await
+            .expect("status with state hash")
+            .into_inner();
+        (s.state_hash, s.state_hash_revision)
+    }
+
     /// Waits until every running replica reports the same leader, which is running, and
     /// returns it.
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {

@@ -39,7 +39,7 @@ pub fn members(replica: &Replica) -> Vec<pb::Member> {
 }
 
 /// This replica's status, shared by Cluster.Status and Maintenance.Status.
-pub fn status(replica: &Replica) -> pb::StatusResponse {
+pub fn status(replica: &Replica, req: &pb::StatusRequest) -> Result<pb::StatusResponse, Status> {
     let m = replica.metrics();
     let info = m
         .membership_config
@@ -47,7 +47,12 @@ pub fn status(replica: &Replica) -> pb::StatusResponse {
         .get_node(&replica.id)
         .cloned()
         .unwrap_or_else(|| replica.info.clone());
-    pb::StatusResponse {
+    let (state_hash, state_hash_revision) = if req.with_state_hash {
+        replica.reader.state_hash().map_err(super::storage_status)?
+    } else {
+        (0, 0)
+    };
+    Ok(pb::StatusResponse {
         header: Some(header(replica)),
         id: replica.id,
         name: info.name,
@@ -63,7 +68,9 @@ pub fn status(replica: &Replica) -> pb::StatusResponse {
         db_size_bytes: replica.store.size_on_disk(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         key_count: replica.reader.approximate_key_count(),
-    }
+        state_hash,
+        state_hash_revision,
+    })
 }
 
 fn check_id(id: u64) -> Result<(), Status> {
@@ -200,8 +207,8 @@ impl Cluster for ClusterService {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(status(&self.replica)))
+        Ok(Response::new(status(&self.replica, req.get_ref())?))
     }
 }

@@ -88,8 +88,11 @@ impl Maintenance for MaintenanceService {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(super::cluster::status(&self.replica)))
+        Ok(Response::new(super::cluster::status(
+            &self.replica,
+            req.get_ref(),
+        )?))
     }
 }

@@ -46,13 +46,16 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 pub struct PeerChannels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
     max_message_bytes: usize,
+    /// Outgoing connections bind this source IP when set (--peer-source-ip).
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl PeerChannels {
-    pub fn new(max_message_bytes: usize) -> Self {
+    pub fn new(max_message_bytes: usize, source_ip: Option<std::net::IpAddr>) -> Self {
         Self {
             inner: Arc::default(),
             max_message_bytes,
+            source_ip,
         }
     }
 
@@ -72,6 +75,7 @@ impl PeerChannels {
                             ))
                         })?
                         .connect_timeout(Duration::from_secs(1))
+                        .local_address(self.source_ip)
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(5))
                         .keep_alive_timeout(Duration::from_secs(5));
