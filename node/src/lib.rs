@@ -10,6 +10,8 @@
 //! - [`replica`]: what services ask of Raft — writes (forwarded to the leader from any
 //!   replica), read barriers, membership changes.
 //! - [`api`]: the client gRPC services (KV, Cluster, Maintenance), health and metrics.
+//! - [`join`]: on an empty volume without `--id`, form the cluster or join it (new id,
+//!   learner, voter, replacing a lost old self).
 //! - [`server`]: wiring, bootstrap and graceful shutdown; [`local_cluster`]: three replicas
 //!   on one machine for people trying ferrokv.
 //!
@@ -22,6 +24,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod fault;
+pub mod join;
 pub mod local_cluster;
 pub mod raft;
 pub mod replica;

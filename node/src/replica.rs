@@ -32,6 +32,10 @@ use crate::storage::command::Command;
 use crate::storage::command::CommandResponse;
 use crate::storage::state_machine::KvReader;
 
+/// Committed entries a replica may still have to apply and count as ready: every commit
+/// is briefly ahead of its apply, and readiness must not flap with each write.
+const MAX_READY_LAG: u64 = 100;
+
 /// How often a request waiting for a leader looks again.
 const LEADER_POLL: Duration = Duration::from_millis(25);
 
@@ -194,7 +198,10 @@ impl Replica {
             .channels
             .client(&node.peer_addr)
             .map_err(|s| ReplicaError::Internal(s.message().to_string()))?;
-        let mut request = tonic::Request::new(ferrokv_proto::v1::RaftMessage { payload });
+        let mut request = tonic::Request::new(ferrokv_proto::v1::RaftMessage {
+            payload,
+            target_id: 0,
+        });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         match client.forward(request).await {
             Ok(reply) => {
@@ -416,13 +423,13 @@ impl Replica {
         self.run_as_leader(req).await
     }
 
-    /// Whether this replica is ready to serve: it knows a leader and has applied everything it
-    /// knows to be committed.
+    /// Whether this replica is ready to serve: it knows a leader and has applied what it knows
+    /// to be committed (within [`MAX_READY_LAG`] entries).
     pub fn is_ready(&self) -> bool {
         let m = self.metrics();
-        m.current_leader.is_some()
-            && m.last_applied.as_ref().map(|l| l.index())
-                >= m.local_committed.as_ref().map(|l| l.index())
+        let index = |l: Option<&crate::raft::LogId>| l.map_or(0, |l| l.index());
+        let lag = index(m.local_committed.as_ref()).saturating_sub(index(m.last_applied.as_ref()));
+        m.current_leader.is_some() && lag <= MAX_READY_LAG
     }
 
     /// Waits for a leader change away from this replica, up to `timeout`.

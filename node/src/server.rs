@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::api;
 use crate::config::ConfigError;
 use crate::config::NodeConfig;
 use crate::config::parse_initial_cluster;
+use crate::join;
 use crate::raft::MemberInfo;
 use crate::raft::NodeId;
 use crate::raft::network::PeerChannels;
@@ -35,9 +37,9 @@ use crate::storage::command::Command;
 
 const IDENTITY_FILE: &str = "node.id";
 
-/// The node id a data dir belongs to: read from the dir, or taken from `--id` and recorded
-/// (fsynced) the first time the dir is used, so an id always stays with its volume.
-fn node_identity(cfg: &NodeConfig) -> anyhow::Result<NodeId> {
+/// The node id recorded in the data dir, if any; it must agree with `--id` when both exist,
+/// because a node id stays with its volume.
+fn recorded_identity(cfg: &NodeConfig) -> anyhow::Result<Option<NodeId>> {
     let path = cfg.data_dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(s) => {
@@ -52,16 +54,64 @@ fn node_identity(cfg: &NodeConfig) -> anyhow::Result<NodeId> {
                     cfg.data_dir.display()
                 );
             }
-            Ok(id)
+            Ok(Some(id))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = cfg.id.ok_or(ConfigError::MissingId)?;
-            anyhow::ensure!(id != 0, ConfigError::ZeroId);
-            write_durably(&cfg.data_dir, IDENTITY_FILE, id.to_string().as_bytes())?;
-            Ok(id)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// How this replica came by its node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The data dir had one.
+    Restart,
+    /// `--id` on an empty data dir.
+    Explicit,
+    /// Empty data dir, no `--id`: forming the initial cluster as the member of our ordinal.
+    Form,
+    /// Empty data dir, no `--id`: joining the existing cluster under an id it handed out.
+    Join,
+}
+
+/// Finds this replica's node id: from the data dir, `--id`, or (on Kubernetes, with neither)
+/// by asking the initial members whether to form the cluster or join it. Records a new id
+/// durably before anything else is written.
+async fn node_identity(
+    cfg: &NodeConfig,
+    channels: &PeerChannels,
+) -> anyhow::Result<(NodeId, Start)> {
+    if let Some(id) = recorded_identity(cfg)? {
+        return Ok((id, Start::Restart));
+    }
+    let (id, start) = match cfg.id {
+        Some(id) => {
+            anyhow::ensure!(id != 0, ConfigError::ZeroId);
+            (id, Start::Explicit)
+        }
+        None => {
+            let spec = cfg
+                .initial_cluster
+                .as_deref()
+                .ok_or(ConfigError::MissingId)?;
+            let initial = parse_initial_cluster(spec)?;
+            let my_id = cfg
+                .name
+                .as_deref()
+                .and_then(join::id_from_name)
+                .filter(|id| initial.contains_key(id));
+            match join::discover(channels, &initial, my_id).await {
+                join::Decision::Form { id } => (id, Start::Form),
+                _ => (
+                    join::allocate_id(channels, &initial, my_id).await,
+                    Start::Join,
+                ),
+            }
+        }
+    };
+    write_durably(&cfg.data_dir, IDENTITY_FILE, id.to_string().as_bytes())?;
+    tracing::info!(id, ?start, "this data dir now belongs to node {id}");
+    Ok((id, start))
 }
 
 fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
@@ -95,15 +145,48 @@ fn raft_config(cfg: &NodeConfig) -> anyhow::Result<openraft::Config> {
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let id = node_identity(&cfg)?;
+    let peer_listener = TcpListener::bind(cfg.listen_peer)
+        .await
+        .with_context(|| format!("binding peer address {}", cfg.listen_peer))?;
+    let client_listener = TcpListener::bind(cfg.listen_client)
+        .await
+        .with_context(|| format!("binding client address {}", cfg.listen_client))?;
+    let metrics_listener = TcpListener::bind(cfg.listen_metrics)
+        .await
+        .with_context(|| format!("binding metrics address {}", cfg.listen_metrics))?;
+
+    let (stop_client_tx, stop_client_rx) = watch::channel(false);
+    let (stop_peer_tx, stop_peer_rx) = watch::channel(false);
+    let wait_for = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    // The peer service runs from the start: other replicas with empty volumes probe it while
+    // deciding whether to form a cluster, and so may this one before it has a node id.
+    let slot = Arc::new(OnceLock::new());
+    let peer_max = cfg.max_request_bytes().saturating_mul(300).max(64 << 20);
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            RaftPeerServer::new(PeerService {
+                replica: slot.clone(),
+            })
+            .max_decoding_message_size(peer_max)
+            .max_encoding_message_size(peer_max),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(peer_listener),
+            wait_for(stop_peer_rx.clone()),
+        );
+    let peer_task = tokio::spawn(peer_server);
+    let channels = PeerChannels::new(peer_max, cfg.peer_source_ip);
+
+    let (id, start) = node_identity(&cfg, &channels).await?;
     let store = Store::open(&cfg.data_dir, &StoreOptions::default())
         .with_context(|| format!("opening RocksDB in {}", cfg.data_dir.display()))?;
     let pristine = store.is_pristine()?;
     let (log_store, state_machine) = store.split()?;
     let reader = state_machine.reader();
-
-    let peer_max = cfg.max_request_bytes().saturating_mul(300).max(64 << 20);
-    let channels = PeerChannels::new(peer_max, cfg.peer_source_ip);
     let network = PeerNetworkFactory {
         channels: channels.clone(),
     };
@@ -137,37 +220,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow:
         channels,
         faults,
     };
-
-    let peer_listener = TcpListener::bind(cfg.listen_peer)
-        .await
-        .with_context(|| format!("binding peer address {}", cfg.listen_peer))?;
-    let client_listener = TcpListener::bind(cfg.listen_client)
-        .await
-        .with_context(|| format!("binding client address {}", cfg.listen_client))?;
-    let metrics_listener = TcpListener::bind(cfg.listen_metrics)
-        .await
-        .with_context(|| format!("binding metrics address {}", cfg.listen_metrics))?;
-
-    let (stop_client_tx, stop_client_rx) = watch::channel(false);
-    let (stop_peer_tx, stop_peer_rx) = watch::channel(false);
-    let wait_for = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-
-    let peer_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(
-            RaftPeerServer::new(PeerService {
-                replica: replica.clone(),
-            })
-            .max_decoding_message_size(peer_max)
-            .max_encoding_message_size(peer_max),
-        )
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(peer_listener),
-            wait_for(stop_peer_rx.clone()),
-        );
-    let peer_task = tokio::spawn(peer_server);
+    if slot.set(replica.clone()).is_err() {
+        anyhow::bail!("the peer service already had a replica");
+    }
 
     let limits = api::ApiLimits {
         max_key_bytes: cfg.max_key_bytes,
@@ -221,10 +276,26 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow:
             .await
     });
 
-    if pristine {
-        bootstrap(&cfg, &replica).await?;
-    } else if cfg.initial_cluster.is_some() {
-        tracing::info!("data dir has state: restarting from it, --initial-cluster is ignored");
+    let initial = cfg
+        .initial_cluster
+        .as_deref()
+        .map(parse_initial_cluster)
+        .transpose()?
+        .unwrap_or_default();
+    match start {
+        // A replica that joined (or was joining) continues the join; openraft keeps what
+        // it has already caught up on.
+        Start::Join => {
+            tokio::spawn(join::join_cluster(replica.clone(), initial));
+        }
+        Start::Restart if pristine && cfg.id.is_none() && !initial.contains_key(&id) => {
+            tokio::spawn(join::join_cluster(replica.clone(), initial));
+        }
+        _ if pristine => bootstrap(&cfg, &replica).await?,
+        _ if cfg.initial_cluster.is_some() => {
+            tracing::info!("data dir has state: restarting from it, --initial-cluster is ignored");
+        }
+        _ => {}
     }
     let background = tokio::spawn(maintain_membership_and_cluster_id(replica.clone()));
 
@@ -284,7 +355,9 @@ async fn bootstrap(cfg: &NodeConfig, replica: &Replica) -> anyhow::Result<()> {
             (
                 id,
                 MemberInfo {
-                    name: format!("ferrokv-{id}"),
+                    // Each member publishes its real name once a leader exists; a guessed
+                    // name here could match another pod's name.
+                    name: String::new(),
                     peer_addr,
                     client_addr: String::new(),
                 },

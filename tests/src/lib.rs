@@ -102,6 +102,9 @@ pub struct ClusterOptions {
     pub snapshot_entries: u64,
     pub snapshot_keep_entries: u64,
     pub extra_args: Vec<String>,
+    /// Start replicas as a StatefulSet does: no `--id`, `--name ferrokv-<ordinal>`; the node
+    /// derives or is given its id. Replica keys in [`Cluster::nodes`] are then ordinal + 1.
+    pub statefulset: bool,
 }
 
 impl Default for ClusterOptions {
@@ -113,6 +116,7 @@ impl Default for ClusterOptions {
             snapshot_entries: 10_000,
             snapshot_keep_entries: 1_000,
             extra_args: Vec::new(),
+            statefulset: false,
         }
     }
 }
@@ -177,7 +181,25 @@ impl Cluster {
             cluster.spawn(id);
         }
         cluster.wait_leader(Duration::from_secs(20)).await;
+        cluster.wait_published(Duration::from_secs(20)).await;
         cluster
+    }
+
+    /// Waits until every member has published its name and client address (each replica
+    /// does so through Raft shortly after a leader exists).
+    pub async fn wait_published(&self, timeout: Duration) {
+        wait_until(
+            "members to publish their names and addresses",
+            timeout,
+            || async {
+                let members = self.client().member_list().await.ok()?.members;
+                members
+                    .iter()
+                    .all(|m| !m.client_addr.is_empty() && !m.name.is_empty())
+                    .then_some(())
+            },
+        )
+        .await
     }
 
     fn new_node(dir: &Path, id: u64, initial_cluster: Option<String>) -> Node {
@@ -207,9 +229,12 @@ impl Cluster {
             .open(&node.log_path)
             .expect("log file");
         let mut cmd = Command::new(&binaries().ferrokv);
-        cmd.arg("--id")
-            .arg(id.to_string())
-            .arg("--data-dir")
+        if opts.statefulset {
+            cmd.arg("--name").arg(format!("ferrokv-{}", id - 1));
+        } else {
+            cmd.arg("--id").arg(id.to_string());
+        }
+        cmd.arg("--data-dir")
             .arg(&node.data_dir)
             .arg("--listen-client")
             .arg(node.endpoint())
@@ -238,9 +263,15 @@ impl Cluster {
     }
 
     /// Adds a replica that is not an initial member (empty data dir), and starts it. It
-    /// waits to be added as a learner through the Cluster API.
+    /// waits to be added as a learner through the Cluster API (or, in StatefulSet mode,
+    /// joins by itself through the initial members).
     pub fn add_node(&mut self, id: u64) -> &Node {
-        let node = Self::new_node(self.dir.path(), id, None);
+        let initial = if self.opts.statefulset {
+            self.nodes.values().find_map(|n| n.initial_cluster.clone())
+        } else {
+            None
+        };
+        let node = Self::new_node(self.dir.path(), id, initial);
         self.nodes.insert(id, node);
         self.spawn(id);
         &self.nodes[&id]

@@ -210,8 +210,13 @@ async fn without_quorum_writes_fail_with_unavailable_within_the_deadline() {
         "took {:?}",
         started.elapsed()
     );
+    // The server answers "no leader" before the deadline; on a loaded machine the client's
+    // own timer may fire first (Cancelled). Either way it must not hang (checked above).
     assert!(
-        matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
+        matches!(
+            e.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+        ),
         "{e:?}"
     );
     // Serializable reads still work on an isolated replica.

@@ -29,6 +29,8 @@ pub struct ApiLimits {
 }
 
 /// The deadline of a request: the client's `grpc-timeout` if it sent one, else the default.
+/// A tenth of the timeout (at most 100 ms) is kept back so the server's own answer ("no
+/// leader", "deadline exceeded") reaches the client before the client's timer fires.
 pub fn deadline<T>(req: &tonic::Request<T>, default: Duration) -> Instant {
     let timeout = req
         .metadata()
@@ -36,7 +38,8 @@ pub fn deadline<T>(req: &tonic::Request<T>, default: Duration) -> Instant {
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
         .unwrap_or(default);
-    Instant::now() + timeout
+    let margin = (timeout / 10).min(Duration::from_millis(100));
+    Instant::now() + timeout - margin
 }
 
 /// Parses the gRPC wire format of a timeout: digits then a unit (H, M, S, m, u, n).

@@ -152,7 +152,10 @@ impl PeerNetwork {
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
         let payload = wire::encode(req).map_err(|s| rpc_error(self.target, s))?;
-        let mut request = tonic::Request::new(RaftMessage { payload });
+        let mut request = tonic::Request::new(RaftMessage {
+            payload,
+            target_id: self.target,
+        });
         request.set_timeout(option.soft_ttl());
         let reply = f(self.client()?, request)
             .await
@@ -246,6 +249,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 let part = SnapshotPart {
                     header: first.take().unwrap_or_default().to_vec(),
                     data: buf,
+                    target_id: target,
                 };
                 if tx.send(part).await.is_err() {
                     return Ok::<(), std::io::Error>(());

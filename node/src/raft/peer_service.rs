@@ -1,6 +1,9 @@
 //! The peer gRPC service: receives openraft's RPCs, streamed snapshots, forwarded requests
 //! and read-index requests from other replicas.
 
+use std::sync::Arc;
+use std::sync::OnceLock;
+
 use ferrokv_proto::v1::RaftMessage;
 use ferrokv_proto::v1::SnapshotPart;
 use ferrokv_proto::v1::raft_peer_server::RaftPeer;
@@ -17,8 +20,11 @@ use super::wire;
 use crate::replica::Replica;
 use crate::storage::SnapshotFile;
 
+/// Serves peers. It starts before this replica's Raft does (a replica with an empty volume
+/// answers probes while it decides whether to form or join a cluster); every RPC but Probe
+/// answers UNAVAILABLE until the replica is set.
 pub struct PeerService {
-    pub replica: Replica,
+    pub replica: Arc<OnceLock<Replica>>,
 }
 
 fn reply<T: serde::Serialize, E: std::fmt::Display>(
@@ -27,12 +33,32 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(
     let r: Result<T, String> = r.map_err(|e| e.to_string());
     Ok(Response::new(RaftMessage {
         payload: wire::encode(&r)?,
+        target_id: 0,
     }))
 }
 
 impl PeerService {
+    fn replica(&self) -> Result<&Replica, Status> {
+        self.replica
+            .get()
+            .ok_or_else(|| Status::unavailable("this replica is starting: Raft is not running yet"))
+    }
+
+    /// The replica, if `target_id` (when set) is its id: a message meant for another node id
+    /// (an old member whose address this replica now has) must not be answered as if by it.
+    fn replica_for(&self, target_id: u64) -> Result<&Replica, Status> {
+        let replica = self.replica()?;
+        if target_id != 0 && target_id != replica.id {
+            return Err(Status::failed_precondition(format!(
+                "this replica is node {}, not node {target_id}",
+                replica.id
+            )));
+        }
+        Ok(replica)
+    }
+
     fn check_incoming_dir(&self) -> Result<std::path::PathBuf, Status> {
-        let dir = self.replica.store.snapshot_dir.join("incoming");
+        let dir = self.replica()?.store.snapshot_dir.join("incoming");
         std::fs::create_dir_all(&dir)
             .map_err(|e| Status::internal(format!("cannot create {}: {e}", dir.display())))?;
         Ok(dir)
@@ -45,26 +71,34 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = wire::decode("append entries", &req.into_inner().payload)?;
-        reply(self.replica.raft.append_entries(rpc).await)
+        let req = req.into_inner();
+        let replica = self.replica_for(req.target_id)?;
+        let rpc = wire::decode("append entries", &req.payload)?;
+        reply(replica.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = wire::decode("vote", &req.into_inner().payload)?;
-        reply(self.replica.raft.vote(rpc).await)
+        let req = req.into_inner();
+        let replica = self.replica_for(req.target_id)?;
+        let rpc = wire::decode("vote", &req.payload)?;
+        reply(replica.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = wire::decode("pre-vote", &req.into_inner().payload)?;
-        reply(self.replica.raft.pre_vote(rpc).await)
+        let req = req.into_inner();
+        let replica = self.replica_for(req.target_id)?;
+        let rpc = wire::decode("pre-vote", &req.payload)?;
+        reply(replica.raft.pre_vote(rpc).await)
     }
 
     async fn transfer_leader(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = wire::decode("transfer leader", &req.into_inner().payload)?;
-        reply(self.replica.raft.handle_transfer_leader(rpc).await)
+        let req = req.into_inner();
+        let replica = self.replica_for(req.target_id)?;
+        let rpc = wire::decode("transfer leader", &req.payload)?;
+        reply(replica.raft.handle_transfer_leader(rpc).await)
     }
 
     /// Writes the streamed chunks to a file under snapshots/incoming (never the whole
@@ -78,6 +112,7 @@ impl RaftPeer for PeerService {
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        self.replica_for(first.target_id)?;
         let (vote, meta): (Vote, SnapshotMeta) = wire::decode("snapshot header", &first.header)?;
         let dir = self.check_incoming_dir()?;
         let path = dir.join(format!("recv-{:016x}.part", rand::random::<u64>()));
@@ -108,7 +143,7 @@ impl RaftPeer for PeerService {
             path: path.clone(),
         };
         let result = self
-            .replica
+            .replica()?
             .raft
             .install_full_snapshot(vote, crate::raft::Snapshot { meta, snapshot })
             .await;
@@ -119,9 +154,39 @@ impl RaftPeer for PeerService {
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let fwd: wire::ForwardRequest =
             wire::decode("forwarded request", &req.into_inner().payload)?;
-        let result: wire::ForwardResult = self.replica.handle_forward(fwd).await;
+        let result: wire::ForwardResult = self.replica()?.handle_forward(fwd).await;
         Ok(Response::new(RaftMessage {
             payload: wire::encode(&result)?,
+            target_id: 0,
+        }))
+    }
+
+    async fn probe(&self, _req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let reply = match self.replica.get() {
+            None => wire::ProbeReply::default(),
+            Some(r) => {
+                let m = r.metrics();
+                let membership = m.membership_config.membership();
+                wire::ProbeReply {
+                    id: Some(r.id),
+                    initialized: membership.voter_ids().next().is_some(),
+                    last_log_index: m.last_log_index.unwrap_or(0),
+                    leader: m.current_leader,
+                    leader_peer_addr: m
+                        .current_leader
+                        .and_then(|l| membership.get_node(&l))
+                        .map(|n| n.peer_addr.clone()),
+                    unstarted: membership
+                        .nodes()
+                        .filter(|(_, n)| n.name.is_empty())
+                        .map(|(id, _)| *id)
+                        .collect(),
+                }
+            }
+        };
+        Ok(Response::new(RaftMessage {
+            payload: wire::encode(&reply)?,
+            target_id: 0,
         }))
     }
 
@@ -129,9 +194,10 @@ impl RaftPeer for PeerService {
         &self,
         _req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let result: wire::ReadIndexResult = self.replica.leader_read_index().await;
+        let result: wire::ReadIndexResult = self.replica()?.leader_read_index().await;
         Ok(Response::new(RaftMessage {
             payload: wire::encode(&result)?,
+            target_id: 0,
         }))
     }
 }

@@ -83,3 +83,20 @@ pub type ForwardResult = Result<ForwardResponse, ForwardError>;
 /// The leader's answer to a read-index request: reads are linearizable once the asking
 /// replica has applied `read_log_id`.
 pub type ReadIndexResult = Result<LogId, ForwardError>;
+
+/// A replica's answer to a probe from a replica deciding whether to form or join a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReply {
+    /// This replica's node id, once it has one.
+    pub id: Option<NodeId>,
+    /// Whether its Raft state holds a membership (it formed or joined a cluster).
+    pub initialized: bool,
+    /// Index of the last entry in its log (0: nothing after the initial membership).
+    pub last_log_index: u64,
+    pub leader: Option<NodeId>,
+    /// Peer address of the leader, when known.
+    pub leader_peer_addr: Option<String>,
+    /// Members that have never published their name: they never finished starting, so an
+    /// initial member among them that comes up empty has lost nothing and may take its id.
+    pub unstarted: Vec<NodeId>,
+}

@@ -88,6 +88,9 @@ pub enum Command {
     InitCluster {
         cluster_id: u64,
     },
+    /// Hands out a node id never used before in this cluster, for a replica joining with an
+    /// empty volume (a node id is never reused on an empty disk).
+    AllocateNodeId,
 }
 
 impl std::fmt::Display for Command {
@@ -105,6 +108,7 @@ impl std::fmt::Display for Command {
                 t.failure.len()
             ),
             Command::InitCluster { cluster_id } => write!(f, "init-cluster({cluster_id:x})"),
+            Command::AllocateNodeId => write!(f, "allocate-node-id"),
         }
     }
 }
@@ -134,6 +138,8 @@ pub enum CommandResponse {
         succeeded: bool,
         results: Vec<OpResult>,
     },
+    /// The id `AllocateNodeId` handed out.
+    NodeId(u64),
 }
 
 /// Read and write access to the key space while one entry executes.
@@ -198,7 +204,8 @@ pub fn execute<V: KvView>(
             }
             CommandResponse::Txn { succeeded, results }
         }
-        Command::InitCluster { .. } => CommandResponse::Empty,
+        // Both change state-machine metadata, not keys; the state machine applies them.
+        Command::InitCluster { .. } | Command::AllocateNodeId => CommandResponse::Empty,
     })
 }
 

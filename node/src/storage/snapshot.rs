@@ -54,6 +54,8 @@ pub enum Record {
     /// What the snapshot covers; first in every file.
     Meta(SnapshotMeta),
     ClusterId(u64),
+    /// The lowest node id the cluster may hand out next.
+    NextNodeId(u64),
     Kv {
         key: Vec<u8>,
         record: KeyRecord,

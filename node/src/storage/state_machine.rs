@@ -47,6 +47,8 @@ const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"last_membership";
 const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+/// The lowest node id `AllocateNodeId` may hand out next.
+const KEY_NEXT_NODE_ID: &[u8] = b"next_node_id";
 /// Set when an `InitCluster` entry was applied: the id is in the log, so replicas that join
 /// later learn it too.
 const KEY_CLUSTER_ID_LOGGED: &[u8] = b"cluster_id_logged";
@@ -312,6 +314,7 @@ impl StateMachine {
             match record {
                 Record::Kv { key, record } => batch.put_cf(kv, key, encode(&record)?),
                 Record::ClusterId(id) => batch.put_cf(sm_meta, KEY_CLUSTER_ID, encode(&id)?),
+                Record::NextNodeId(id) => batch.put_cf(sm_meta, KEY_NEXT_NODE_ID, encode(&id)?),
                 Record::Meta(_) | Record::End { .. } => {}
             }
             if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
@@ -326,6 +329,17 @@ impl StateMachine {
         sync.set_sync(true);
         self.db.write_opt(batch, &sync).map_err(io_err)
     }
+}
+
+/// The next node id: at least `stored` and above every id in `membership`.
+fn allocate_node_id(stored: u64, membership: &StoredMembership) -> u64 {
+    let max_member = membership
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .max()
+        .unwrap_or(0);
+    stored.max(max_member + 1)
 }
 
 /// Writes the whole state machine from one RocksDB snapshot into a durable file at `path`.
@@ -402,8 +416,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut view = new_view();
         let mut responders = Vec::new();
         let mut last_applied = None;
-        let mut membership = None;
+        let mut membership: Option<StoredMembership> = None;
         let mut cluster_id_known = None;
+        let mut next_node_id = None;
 
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
@@ -424,6 +439,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .put_cf(sm_meta, KEY_CLUSTER_ID_LOGGED, encode(&true)?);
                     cluster_id_known = Some(true);
                     CommandResponse::Empty
+                }
+                EntryPayload::Normal(Command::AllocateNodeId) => {
+                    let stored = match next_node_id {
+                        Some(n) => n,
+                        None => {
+                            get_meta::<u64>(&self.db, CF_SM_META, KEY_NEXT_NODE_ID)?.unwrap_or(1)
+                        }
+                    };
+                    // Above every id the membership has ever named, as far as this replica
+                    // has applied: the same on every replica at this log index.
+                    let current = match &membership {
+                        Some(m) => m.clone(),
+                        None => get_meta(&self.db, CF_SM_META, KEY_MEMBERSHIP)?.unwrap_or_default(),
+                    };
+                    let id = allocate_node_id(stored, &current);
+                    next_node_id = Some(id + 1);
+                    view.batch.put_cf(
+                        cf(&self.db, CF_SM_META)?,
+                        KEY_NEXT_NODE_ID,
+                        encode(&(id + 1))?,
+                    );
+                    CommandResponse::NodeId(id)
                 }
                 EntryPayload::Normal(cmd) => execute(cmd, log_id.index(), &mut view)?,
                 EntryPayload::Membership(m) => {
@@ -603,6 +640,12 @@ fn write_snapshot_from(
     w.write(&Record::Meta(meta.clone()))?;
     if let Some(id) = cluster_id {
         w.write(&Record::ClusterId(id))?;
+    }
+    let next_node_id: Option<u64> = read(KEY_NEXT_NODE_ID)?
+        .map(|b| decode("next_node_id", &b))
+        .transpose()?;
+    if let Some(id) = next_node_id {
+        w.write(&Record::NextNodeId(id))?;
     }
     for item in view.iterator_cf(cf(db, CF_KV)?, rocksdb::IteratorMode::Start) {
         let (key, v) = item.map_err(io_err)?;
