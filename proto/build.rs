@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".ferrokv.v1.RaftMessage.payload")
         .compile_protos(&files, &["proto"])?;
-    println!("cargo:rerun-if-changed=proto");
+    // Name every file: a directory alone is not always rescanned for changes.
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
     Ok(())
 }

@@ -174,6 +174,7 @@ impl Client {
             key: key.into(),
             value: value.into(),
             prev_kv: options.prev_kv,
+            session: None,
         };
         self.call(OpKind::Write, "put", |channel, timeout| {
             let request = with_timeout(request.clone(), timeout);
@@ -202,6 +203,7 @@ impl Client {
         let request = DeleteRequest {
             key: key.into(),
             prev_kv,
+            session: None,
         };
         self.call(OpKind::Write, "delete", |channel, timeout| {
             let request = with_timeout(request.clone(), timeout);

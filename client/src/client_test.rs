@@ -125,6 +125,13 @@ impl Kv for FakeNode {
         }))
     }
 
+    async fn open_session(
+        &self,
+        _request: Request<ferrokv_proto::v1::OpenSessionRequest>,
+    ) -> Result<Response<ferrokv_proto::v1::OpenSessionResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no sessions"))
+    }
+
     /// Pages over the prefix; the token is the last key returned.
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         self.enter().await?;

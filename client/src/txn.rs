@@ -77,6 +77,7 @@ pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> TxnOp {
             key: key.into(),
             value: value.into(),
             prev_kv: false,
+            session: None,
         })),
     }
 }
@@ -87,6 +88,7 @@ pub fn delete(key: impl Into<Vec<u8>>) -> TxnOp {
         op: Some(txn_op::Op::Delete(DeleteRequest {
             key: key.into(),
             prev_kv: false,
+            session: None,
         })),
     }
 }

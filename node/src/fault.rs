@@ -11,6 +11,9 @@ pub enum Fault {
     StaleRead,
     /// The leader acknowledges a write once it is in its own log, before it is committed.
     EarlyAck,
+    /// The first answer to each session write (client_id, sequence) this replica serves is
+    /// replaced by "outcome unknown" after the write committed, as if the connection broke.
+    DropResponse,
 }
 
 /// The faults a node runs with.
@@ -32,6 +35,21 @@ impl Faults {
 
     pub fn early_ack(&self) -> bool {
         self.is(Fault::EarlyAck)
+    }
+
+    /// Under `drop-response`: whether to drop this answer (the first for `write`).
+    pub fn drop_first_response(&self, write: (u64, u64)) -> bool {
+        #[cfg(feature = "fault-injection")]
+        if self.is(Fault::DropResponse) {
+            use std::collections::HashSet;
+            use std::sync::Mutex;
+            use std::sync::OnceLock;
+            static SEEN: OnceLock<Mutex<HashSet<(u64, u64)>>> = OnceLock::new();
+            let seen = SEEN.get_or_init(Mutex::default);
+            return seen.lock().map(|mut s| s.insert(write)).unwrap_or(false);
+        }
+        let _ = write;
+        false
     }
 
     #[cfg(feature = "fault-injection")]
@@ -84,6 +102,8 @@ pub async fn early_ack_write(
         }
     }
 
+    let mut cmd = cmd;
+    cmd.stamp_leader_time(crate::replica::leader_time_ms());
     let before = replica.metrics().last_log_index.unwrap_or(0);
     replica
         .raft

@@ -235,7 +235,8 @@ impl Replica {
             ForwardRequest::Write(cmd) if self.faults.early_ack() => {
                 crate::fault::early_ack_write(self, cmd).await
             }
-            ForwardRequest::Write(cmd) => {
+            ForwardRequest::Write(mut cmd) => {
+                cmd.stamp_leader_time(leader_time_ms());
                 let resp = self
                     .raft
                     .client_write(cmd)
@@ -509,6 +510,14 @@ fn plan_membership_change(
             "not a membership change: {other:?}"
         ))),
     }
+}
+
+/// This leader's wall clock in ms since the epoch, stamped into session commands. Sessions
+/// expire by the largest such stamp in the log, never by a replica's own clock.
+pub(crate) fn leader_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn deadline_unknown() -> ReplicaError {

@@ -43,6 +43,7 @@ async fn txn_compare_and_set_under_concurrent_writers_never_lets_two_win() {
                     compares: vec![txn::value("cas", txn::CompareOp::Equal, current)],
                     success: vec![txn::put("cas", format!("r{round}-w{w}"))],
                     failure: vec![txn::get("cas")],
+                    session: None,
                 };
                 c.txn(req).await.expect("txn").succeeded
             }));
@@ -115,6 +116,7 @@ async fn bad_input_gets_a_clear_error_naming_the_limit() {
         key,
         value,
         prev_kv: false,
+        session: None,
     };
 
     let e = kv
@@ -201,6 +203,7 @@ async fn without_quorum_writes_fail_with_unavailable_within_the_deadline() {
         key: b"k".to_vec(),
         value: b"v".to_vec(),
         prev_kv: false,
+        session: None,
     });
     req.set_timeout(Duration::from_secs(2));
     let started = std::time::Instant::now();

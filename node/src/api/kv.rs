@@ -154,6 +154,8 @@ impl ApiLimits {
 
     fn txn_op(&self, o: pb::TxnOp) -> Result<cmd::TxnOp, Status> {
         match o.op {
+            Some(pb::txn_op::Op::Put(p)) if p.session.is_some() => Err(session_on_txn_op()),
+            Some(pb::txn_op::Op::Delete(d)) if d.session.is_some() => Err(session_on_txn_op()),
             Some(pb::txn_op::Op::Put(p)) => Ok(cmd::TxnOp::Put(self.put_op(p)?)),
             Some(pb::txn_op::Op::Delete(d)) => Ok(cmd::TxnOp::Delete(self.delete_op(d)?)),
             Some(pb::txn_op::Op::Get(g)) => {
@@ -252,11 +254,65 @@ fn op_result(r: OpResult) -> pb::TxnOpResult {
     }
 }
 
+fn session_on_txn_op() -> Status {
+    Status::invalid_argument("a session belongs on the TxnRequest, not on its ops")
+}
+
+/// Session writes run once per (client_id, sequence); see `Command::Session`.
+fn in_session(cmd: cmd::Command, session: Option<pb::Session>) -> Result<cmd::Command, Status> {
+    match session {
+        None => Ok(cmd),
+        Some(s) if s.client_id == 0 || s.sequence == 0 => Err(Status::invalid_argument(
+            "session client_id and sequence start at 1 (open a session with OpenSession)",
+        )),
+        Some(s) => Ok(cmd::Command::Session {
+            client_id: s.client_id,
+            sequence: s.sequence,
+            leader_time_ms: 0,
+            cmd: Box::new(cmd),
+        }),
+    }
+}
+
+/// Default and largest session idle time.
+const DEFAULT_SESSION_TTL_MS: u64 = 60_000;
+const MAX_SESSION_TTL_MS: u64 = 3_600_000;
+
 fn unexpected(resp: &CommandResponse) -> Status {
     Status::internal(format!("state machine gave an unexpected answer: {resp:?}"))
 }
 
 impl KvService {
+    /// Proposes a write (in its session, if any) and returns the log index and answer;
+    /// a session rejection becomes FAILED_PRECONDITION naming why.
+    async fn write(
+        &self,
+        cmd: cmd::Command,
+        session: Option<pb::Session>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(u64, CommandResponse), Status> {
+        let ids = session.as_ref().map(|s| (s.client_id, s.sequence));
+        let out = self
+            .replica
+            .write(in_session(cmd, session)?, deadline)
+            .await?;
+        if let CommandResponse::Rejected(r) = &out.response {
+            let kind = match r {
+                cmd::SessionRejection::Expired { .. } => "session expired",
+                cmd::SessionRejection::StaleSequence { .. } => "stale sequence",
+            };
+            return Err(Status::failed_precondition(format!("{kind}: {r}")));
+        }
+        if let Some(ids) = ids
+            && self.replica.faults.drop_first_response(ids)
+        {
+            return Err(Status::unknown(
+                "outcome unknown: fault injection dropped the response of a committed write",
+            ));
+        }
+        Ok((out.log_index, out.response))
+    }
+
     async fn barrier(
         &self,
         consistency: i32,
@@ -289,12 +345,14 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let deadline = deadline(&req, self.limits.default_deadline);
-        let op = self.limits.put_op(req.into_inner())?;
-        let out = self.replica.write(cmd::Command::Put(op), deadline).await?;
-        match out.response {
+        let mut req = req.into_inner();
+        let session = req.session.take();
+        let op = self.limits.put_op(req)?;
+        let (log_index, response) = self.write(cmd::Command::Put(op), session, deadline).await?;
+        match response {
             CommandResponse::Op(OpResult::Put { prev }) => {
                 let mut h = header(&self.replica);
-                h.revision = h.revision.max(out.log_index);
+                h.revision = h.revision.max(log_index);
                 Ok(Response::new(pb::PutResponse {
                     header: Some(h),
                     prev_kv: prev.map(to_pb),
@@ -309,15 +367,16 @@ impl Kv for KvService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let deadline = deadline(&req, self.limits.default_deadline);
-        let op = self.limits.delete_op(req.into_inner())?;
-        let out = self
-            .replica
-            .write(cmd::Command::Delete(op), deadline)
+        let mut req = req.into_inner();
+        let session = req.session.take();
+        let op = self.limits.delete_op(req)?;
+        let (log_index, response) = self
+            .write(cmd::Command::Delete(op), session, deadline)
             .await?;
-        match out.response {
+        match response {
             CommandResponse::Op(OpResult::Delete { deleted, prev }) => {
                 let mut h = header(&self.replica);
-                h.revision = h.revision.max(out.log_index);
+                h.revision = h.revision.max(log_index);
                 Ok(Response::new(pb::DeleteResponse {
                     header: Some(h),
                     deleted,
@@ -366,16 +425,53 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let deadline = deadline(&req, self.limits.default_deadline);
-        let txn = self.limits.txn(req.into_inner())?;
-        let out = self.replica.write(cmd::Command::Txn(txn), deadline).await?;
-        match out.response {
+        let mut req = req.into_inner();
+        let session = req.session.take();
+        let txn = self.limits.txn(req)?;
+        let (log_index, response) = self
+            .write(cmd::Command::Txn(txn), session, deadline)
+            .await?;
+        match response {
             CommandResponse::Txn { succeeded, results } => {
                 let mut h = header(&self.replica);
-                h.revision = h.revision.max(out.log_index);
+                h.revision = h.revision.max(log_index);
                 Ok(Response::new(pb::TxnResponse {
                     header: Some(h),
                     succeeded,
                     results: results.into_iter().map(op_result).collect(),
+                }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let deadline = deadline(&req, self.limits.default_deadline);
+        let ttl_ms = match req.into_inner().ttl_ms {
+            0 => DEFAULT_SESSION_TTL_MS,
+            t if t > MAX_SESSION_TTL_MS => {
+                return Err(Status::invalid_argument(format!(
+                    "session ttl {t} ms is over the limit of {MAX_SESSION_TTL_MS} ms"
+                )));
+            }
+            t => t,
+        };
+        let cmd = cmd::Command::OpenSession {
+            ttl_ms,
+            leader_time_ms: 0,
+        };
+        let out = self.replica.write(cmd, deadline).await?;
+        match out.response {
+            CommandResponse::SessionOpened { client_id } => {
+                let mut h = header(&self.replica);
+                h.revision = h.revision.max(out.log_index);
+                Ok(Response::new(pb::OpenSessionResponse {
+                    header: Some(h),
+                    client_id,
+                    ttl_ms,
                 }))
             }
             other => Err(unexpected(&other)),

@@ -91,6 +91,98 @@ pub enum Command {
     /// Hands out a node id never used before in this cluster, for a replica joining with an
     /// empty volume (a node id is never reused on an empty disk).
     AllocateNodeId,
+    /// Opens a client session (Raft dissertation §6.3); its id is this entry's log index.
+    /// `leader_time_ms` is the proposing leader's clock, the only time sessions expire by.
+    OpenSession {
+        ttl_ms: u64,
+        leader_time_ms: u64,
+    },
+    /// A write within a client session: applied at most once per (client_id, sequence); a
+    /// retry of the latest sequence gets the stored answer.
+    Session {
+        client_id: u64,
+        sequence: u64,
+        leader_time_ms: u64,
+        cmd: Box<Command>,
+    },
+}
+
+impl Command {
+    /// Stamps the proposing leader's time into session commands (others carry no time).
+    pub fn stamp_leader_time(&mut self, now_ms: u64) {
+        match self {
+            Command::OpenSession { leader_time_ms, .. }
+            | Command::Session { leader_time_ms, .. } => {
+                *leader_time_ms = now_ms;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A client session as the state machine keeps it: bounded (one answer per session) and
+/// expiring by leader time carried in the log, so every replica agrees on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSession {
+    pub last_sequence: u64,
+    pub last_response: Option<CommandResponse>,
+    pub last_seen_ms: u64,
+    pub ttl_ms: u64,
+}
+
+impl ClientSession {
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        now_ms > self.last_seen_ms.saturating_add(self.ttl_ms)
+    }
+}
+
+/// Why a session write was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum SessionRejection {
+    #[error(
+        "session {client_id} expired or is unknown; open a new session (the write was not applied)"
+    )]
+    Expired { client_id: u64 },
+    #[error(
+        "session {client_id}: sequence {sequence} is older than the last applied sequence {last_sequence} (the write was not applied again)"
+    )]
+    StaleSequence {
+        client_id: u64,
+        sequence: u64,
+        last_sequence: u64,
+    },
+}
+
+/// What to do with a session write, decided from the session's record alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCheck {
+    Apply,
+    Duplicate(CommandResponse),
+    Reject(SessionRejection),
+}
+
+pub fn check_session(
+    session: Option<&ClientSession>,
+    client_id: u64,
+    sequence: u64,
+    now_ms: u64,
+) -> SessionCheck {
+    let Some(s) = session.filter(|s| !s.expired_at(now_ms)) else {
+        return SessionCheck::Reject(SessionRejection::Expired { client_id });
+    };
+    if sequence == s.last_sequence {
+        if let Some(r) = &s.last_response {
+            return SessionCheck::Duplicate(r.clone());
+        }
+    }
+    if sequence <= s.last_sequence {
+        return SessionCheck::Reject(SessionRejection::StaleSequence {
+            client_id,
+            sequence,
+            last_sequence: s.last_sequence,
+        });
+    }
+    SessionCheck::Apply
 }
 
 impl std::fmt::Display for Command {
@@ -109,6 +201,15 @@ impl std::fmt::Display for Command {
             ),
             Command::InitCluster { cluster_id } => write!(f, "init-cluster({cluster_id:x})"),
             Command::AllocateNodeId => write!(f, "allocate-node-id"),
+            Command::OpenSession { ttl_ms, .. } => write!(f, "open-session(ttl {ttl_ms} ms)"),
+            Command::Session {
+                client_id,
+                sequence,
+                cmd,
+                ..
+            } => {
+                write!(f, "session({client_id}#{sequence}: {cmd})")
+            }
         }
     }
 }
@@ -140,6 +241,12 @@ pub enum CommandResponse {
     },
     /// The id `AllocateNodeId` handed out.
     NodeId(u64),
+    /// The id of a session `OpenSession` opened.
+    SessionOpened {
+        client_id: u64,
+    },
+    /// A session write that was not applied.
+    Rejected(SessionRejection),
 }
 
 /// Read and write access to the key space while one entry executes.
@@ -204,8 +311,11 @@ pub fn execute<V: KvView>(
             }
             CommandResponse::Txn { succeeded, results }
         }
-        // Both change state-machine metadata, not keys; the state machine applies them.
-        Command::InitCluster { .. } | Command::AllocateNodeId => CommandResponse::Empty,
+        // These change state-machine metadata, not keys; the state machine applies them.
+        Command::InitCluster { .. }
+        | Command::AllocateNodeId
+        | Command::OpenSession { .. }
+        | Command::Session { .. } => CommandResponse::Empty,
     })
 }
 
@@ -367,6 +477,37 @@ mod tests {
             }]
         );
         assert_eq!(m[b"k".as_slice()].value, b"v2");
+    }
+
+    #[test]
+    fn session_checks_apply_new_sequences_once_and_replay_the_latest() {
+        let s = ClientSession {
+            last_sequence: 5,
+            last_response: Some(CommandResponse::Empty),
+            last_seen_ms: 1_000,
+            ttl_ms: 500,
+        };
+        assert_eq!(check_session(Some(&s), 7, 6, 1_200), SessionCheck::Apply);
+        assert_eq!(
+            check_session(Some(&s), 7, 5, 1_200),
+            SessionCheck::Duplicate(CommandResponse::Empty)
+        );
+        assert!(matches!(
+            check_session(Some(&s), 7, 4, 1_200),
+            SessionCheck::Reject(SessionRejection::StaleSequence {
+                last_sequence: 5,
+                ..
+            })
+        ));
+        // Expiry is by leader time in the log, past last_seen + ttl.
+        assert!(matches!(
+            check_session(Some(&s), 7, 6, 1_501),
+            SessionCheck::Reject(SessionRejection::Expired { client_id: 7 })
+        ));
+        assert!(matches!(
+            check_session(None, 7, 1, 0),
+            SessionCheck::Reject(_)
+        ));
     }
 
     #[test]

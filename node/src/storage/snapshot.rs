@@ -56,6 +56,10 @@ pub enum Record {
     ClusterId(u64),
     /// The lowest node id the cluster may hand out next.
     NextNodeId(u64),
+    /// The leader time client sessions expire by.
+    LeaderTime(u64),
+    /// A client session (exactly-once writes survive snapshot install).
+    Session { client_id: u64, session: super::command::ClientSession },
     Kv {
         key: Vec<u8>,
         record: KeyRecord,

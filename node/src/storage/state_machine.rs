@@ -1,6 +1,7 @@
 //! The KV state machine in RocksDB: atomic applies, snapshots built from a consistent view,
 //! and the read side the API serves from.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
@@ -22,11 +23,15 @@ use rocksdb::WriteOptions;
 use super::CF_KV;
 use super::CF_SM_META;
 use super::cf;
+use super::command::ClientSession;
 use super::command::Command;
 use super::command::CommandResponse;
 use super::command::KeyRecord;
 use super::command::KeyValue;
 use super::command::KvView;
+use super::command::SessionCheck;
+use super::command::SessionRejection;
+use super::command::check_session;
 use super::command::execute;
 use super::decode;
 use super::encode;
@@ -47,6 +52,19 @@ const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"last_membership";
 const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+/// Client sessions: this prefix + big-endian client id -> ClientSession.
+const SESSION_PREFIX: &[u8] = b"session/";
+/// The latest leader time seen in session commands: the clock sessions expire by.
+const KEY_LEADER_TIME: &[u8] = b"leader_time";
+/// Sessions kept at most; opening one more evicts the least recently used.
+pub const MAX_SESSIONS: usize = 4096;
+
+fn session_key(client_id: u64) -> Vec<u8> {
+    let mut k = SESSION_PREFIX.to_vec();
+    k.extend_from_slice(&client_id.to_be_bytes());
+    k
+}
+
 /// The lowest node id `AllocateNodeId` may hand out next.
 const KEY_NEXT_NODE_ID: &[u8] = b"next_node_id";
 /// Set when an `InitCluster` entry was applied: the id is in the log, so replicas that join
@@ -217,6 +235,80 @@ struct BatchView<'a> {
     kv: &'a rocksdb::ColumnFamily,
     batch: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<KeyRecord>>,
+    sessions: HashMap<u64, Option<ClientSession>>,
+}
+
+impl BatchView<'_> {
+    fn session(&mut self, client_id: u64) -> Result<Option<ClientSession>, io::Error> {
+        if let Some(s) = self.sessions.get(&client_id) {
+            return Ok(s.clone());
+        }
+        get_meta(self.db, CF_SM_META, &session_key(client_id))
+    }
+
+    fn set_session(
+        &mut self,
+        client_id: u64,
+        session: Option<ClientSession>,
+    ) -> Result<(), io::Error> {
+        let meta = cf(self.db, CF_SM_META)?;
+        match &session {
+            Some(s) => self.batch.put_cf(meta, session_key(client_id), encode(s)?),
+            None => self.batch.delete_cf(meta, session_key(client_id)),
+        }
+        self.sessions.insert(client_id, session);
+        Ok(())
+    }
+
+    /// Every live session (stored, overlaid by this batch's changes).
+    fn all_sessions(&mut self) -> Result<Vec<(u64, ClientSession)>, io::Error> {
+        let meta = cf(self.db, CF_SM_META)?;
+        let mut all: BTreeMap<u64, ClientSession> = BTreeMap::new();
+        let mode = rocksdb::IteratorMode::From(SESSION_PREFIX, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(meta, mode) {
+            let (k, v) = item.map_err(io_err)?;
+            let Some(id) = k.strip_prefix(SESSION_PREFIX) else {
+                break;
+            };
+            let id = u64::from_be_bytes(
+                id.try_into()
+                    .map_err(|_| io::Error::other("bad session key"))?,
+            );
+            all.insert(id, decode("session", &v)?);
+        }
+        for (id, s) in &self.sessions {
+            match s {
+                Some(s) => all.insert(*id, s.clone()),
+                None => all.remove(id),
+            };
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// Opens a session as `client_id` at leader time `now`, first dropping expired sessions
+    /// and, at the limit, the least recently used one. Deterministic on every replica.
+    fn open_session(&mut self, client_id: u64, ttl_ms: u64, now: u64) -> Result<(), io::Error> {
+        let mut live = Vec::new();
+        for (id, s) in self.all_sessions()? {
+            if s.expired_at(now) {
+                self.set_session(id, None)?;
+            } else {
+                live.push((s.last_seen_ms, id));
+            }
+        }
+        live.sort_unstable();
+        let excess = (live.len() + 1).saturating_sub(MAX_SESSIONS);
+        for (_, id) in live.into_iter().take(excess) {
+            self.set_session(id, None)?;
+        }
+        let session = ClientSession {
+            last_sequence: 0,
+            last_response: None,
+            last_seen_ms: now,
+            ttl_ms,
+        };
+        self.set_session(client_id, Some(session))
+    }
 }
 
 impl KvView for BatchView<'_> {
@@ -255,11 +347,15 @@ impl StateMachine {
         mut view: BatchView<'_>,
         last_applied: &LogId,
         membership: Option<&StoredMembership>,
+        leader_time: Option<u64>,
         responders: &mut Vec<(Option<Responder>, CommandResponse)>,
     ) -> Result<(), io::Error> {
         let meta = cf(&self.db, CF_SM_META)?;
         view.batch
             .put_cf(meta, KEY_LAST_APPLIED, encode(last_applied)?);
+        if let Some(t) = leader_time {
+            view.batch.put_cf(meta, KEY_LEADER_TIME, encode(&t)?);
+        }
         if let Some(m) = membership {
             view.batch.put_cf(meta, KEY_MEMBERSHIP, encode(m)?);
         }
@@ -307,6 +403,8 @@ impl StateMachine {
             batch.delete_range_cf(kv, &first[..], &end[..]);
         }
         batch.delete_cf(sm_meta, KEY_LAST_APPLIED);
+        // The snapshot's session table replaces ours ('0' follows '/' in byte order).
+        batch.delete_range_cf(sm_meta, SESSION_PREFIX, b"session0");
         self.db.write(batch).map_err(io_err)?;
 
         let mut batch = WriteBatch::default();
@@ -315,6 +413,10 @@ impl StateMachine {
                 Record::Kv { key, record } => batch.put_cf(kv, key, encode(&record)?),
                 Record::ClusterId(id) => batch.put_cf(sm_meta, KEY_CLUSTER_ID, encode(&id)?),
                 Record::NextNodeId(id) => batch.put_cf(sm_meta, KEY_NEXT_NODE_ID, encode(&id)?),
+                Record::LeaderTime(t) => batch.put_cf(sm_meta, KEY_LEADER_TIME, encode(&t)?),
+                Record::Session { client_id, session } => {
+                    batch.put_cf(sm_meta, session_key(client_id), encode(&session)?)
+                }
                 Record::Meta(_) | Record::End { .. } => {}
             }
             if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
@@ -329,6 +431,22 @@ impl StateMachine {
         sync.set_sync(true);
         self.db.write_opt(batch, &sync).map_err(io_err)
     }
+}
+
+/// The leader time session commands are judged by: the largest time any applied session
+/// command carried (leaders' clocks may disagree; the state machine's time never goes back).
+fn advance_leader_time(
+    db: &DB,
+    cached: &mut Option<u64>,
+    proposed_ms: u64,
+) -> Result<u64, io::Error> {
+    let current = match cached {
+        Some(t) => *t,
+        None => get_meta::<u64>(db, CF_SM_META, KEY_LEADER_TIME)?.unwrap_or(0),
+    };
+    let now = current.max(proposed_ms);
+    *cached = Some(now);
+    Ok(now)
 }
 
 /// The next node id: at least `stored` and above every id in `membership`.
@@ -412,6 +530,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             kv,
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
+            sessions: HashMap::new(),
         };
         let mut view = new_view();
         let mut responders = Vec::new();
@@ -419,6 +538,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut membership: Option<StoredMembership> = None;
         let mut cluster_id_known = None;
         let mut next_node_id = None;
+        let mut leader_time: Option<u64> = None;
 
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
@@ -462,6 +582,52 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     );
                     CommandResponse::NodeId(id)
                 }
+                EntryPayload::Normal(Command::OpenSession {
+                    ttl_ms,
+                    leader_time_ms,
+                }) => {
+                    let now = advance_leader_time(&self.db, &mut leader_time, *leader_time_ms)?;
+                    view.open_session(log_id.index(), *ttl_ms, now)?;
+                    CommandResponse::SessionOpened {
+                        client_id: log_id.index(),
+                    }
+                }
+                EntryPayload::Normal(Command::Session {
+                    client_id,
+                    sequence,
+                    leader_time_ms,
+                    cmd,
+                }) => {
+                    let now = advance_leader_time(&self.db, &mut leader_time, *leader_time_ms)?;
+                    let session = view.session(*client_id)?;
+                    match check_session(session.as_ref(), *client_id, *sequence, now) {
+                        SessionCheck::Apply => {
+                            let response = match cmd.as_ref() {
+                                Command::Put(_) | Command::Delete(_) | Command::Txn(_) => {
+                                    execute(cmd, log_id.index(), &mut view)?
+                                }
+                                // Only key writes run inside a session.
+                                _ => CommandResponse::Empty,
+                            };
+                            let ttl_ms = session.map_or(0, |s| s.ttl_ms);
+                            let updated = ClientSession {
+                                last_sequence: *sequence,
+                                last_response: Some(response.clone()),
+                                last_seen_ms: now,
+                                ttl_ms,
+                            };
+                            view.set_session(*client_id, Some(updated))?;
+                            response
+                        }
+                        SessionCheck::Duplicate(response) => response,
+                        SessionCheck::Reject(rejection) => {
+                            if matches!(rejection, SessionRejection::Expired { .. }) {
+                                view.set_session(*client_id, None)?;
+                            }
+                            CommandResponse::Rejected(rejection)
+                        }
+                    }
+                }
                 EntryPayload::Normal(cmd) => execute(cmd, log_id.index(), &mut view)?,
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(log_id), m.clone()));
@@ -474,11 +640,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 && let Some(last) = &last_applied
             {
                 let full = std::mem::replace(&mut view, new_view());
-                self.commit_batch(full, last, membership.take().as_ref(), &mut responders)?;
+                self.commit_batch(
+                    full,
+                    last,
+                    membership.take().as_ref(),
+                    leader_time,
+                    &mut responders,
+                )?;
             }
         }
         if let Some(last) = &last_applied {
-            self.commit_batch(view, last, membership.as_ref(), &mut responders)?;
+            self.commit_batch(
+                view,
+                last,
+                membership.as_ref(),
+                leader_time,
+                &mut responders,
+            )?;
         }
         Ok(())
     }
@@ -646,6 +824,27 @@ fn write_snapshot_from(
         .transpose()?;
     if let Some(id) = next_node_id {
         w.write(&Record::NextNodeId(id))?;
+    }
+    let leader_time: Option<u64> = read(KEY_LEADER_TIME)?
+        .map(|b| decode("leader_time", &b))
+        .transpose()?;
+    if let Some(t) = leader_time {
+        w.write(&Record::LeaderTime(t))?;
+    }
+    let mode = rocksdb::IteratorMode::From(SESSION_PREFIX, rocksdb::Direction::Forward);
+    for item in view.iterator_cf(sm_meta, mode) {
+        let (k, v) = item.map_err(io_err)?;
+        let Some(id) = k.strip_prefix(SESSION_PREFIX) else {
+            break;
+        };
+        let client_id = u64::from_be_bytes(
+            id.try_into()
+                .map_err(|_| io::Error::other("bad session key"))?,
+        );
+        w.write(&Record::Session {
+            client_id,
+            session: decode("session", &v)?,
+        })?;
     }
     for item in view.iterator_cf(cf(db, CF_KV)?, rocksdb::IteratorMode::Start) {
         let (key, v) = item.map_err(io_err)?;
