@@ -170,10 +170,10 @@ pub fn check_session(
     let Some(s) = session.filter(|s| !s.expired_at(now_ms)) else {
         return SessionCheck::Reject(SessionRejection::Expired { client_id });
     };
-    if sequence == s.last_sequence {
-        if let Some(r) = &s.last_response {
-            return SessionCheck::Duplicate(r.clone());
-        }
+    if sequence == s.last_sequence
+        && let Some(r) = &s.last_response
+    {
+        return SessionCheck::Duplicate(r.clone());
     }
     if sequence <= s.last_sequence {
         return SessionCheck::Reject(SessionRejection::StaleSequence {
