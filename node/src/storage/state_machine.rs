@@ -71,8 +71,10 @@ const KEY_NEXT_NODE_ID: &[u8] = b"next_node_id";
 /// later learn it too.
 const KEY_CLUSTER_ID_LOGGED: &[u8] = b"cluster_id_logged";
 
-/// Entries applied per write batch at most; bounds memory when a restart re-applies a long log.
+/// Entries and bytes applied per write batch at most; bound memory when a restart
+/// re-applies a long log of large values.
 const MAX_ENTRIES_PER_BATCH: usize = 4096;
+const MAX_BYTES_PER_BATCH: usize = 64 << 20;
 /// Bytes of snapshot records loaded per write batch during install.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
@@ -636,7 +638,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             responders.push((responder, response));
             last_applied = Some(log_id);
-            if responders.len() >= MAX_ENTRIES_PER_BATCH
+            if (responders.len() >= MAX_ENTRIES_PER_BATCH
+                || view.batch.size_in_bytes() >= MAX_BYTES_PER_BATCH)
                 && let Some(last) = &last_applied
             {
                 let full = std::mem::replace(&mut view, new_view());
