@@ -112,7 +112,7 @@ impl Default for ClusterOptions {
         Self {
             nodes: 3,
             heartbeat_ms: 100,
-            election_ms: 600,
+            election_ms: 1000,
             snapshot_entries: 10_000,
             snapshot_keep_entries: 1_000,
             extra_args: Vec::new(),
@@ -180,8 +180,9 @@ impl Cluster {
             }
             cluster.spawn(id);
         }
-        cluster.wait_leader(Duration::from_secs(20)).await;
-        cluster.wait_published(Duration::from_secs(20)).await;
+        // Generous: a loaded 2-core CI machine can delay the first election by seconds.
+        cluster.wait_leader(Duration::from_secs(60)).await;
+        cluster.wait_published(Duration::from_secs(60)).await;
         cluster
     }
 
