@@ -1,41 +1,46 @@
-//! The `Client`: typed requests and the attempt loop that carries each one across the
-//! endpoints (failover, backoff, deadline).
+//! The `Client`: its shared state and the key-value requests (get, put, delete, scan,
+//! txn). Membership and status requests are in `membership.rs`; the attempt loop that
+//! carries every request across endpoints is in `attempt.rs`.
 
-use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferrokv_proto::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, KeyValue, MemberListRequest, MemberListResponse,
-    PutRequest, PutResponse, ResponseHeader, ScanResponse, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse, cluster_client::ClusterClient, kv_client::KvClient,
-    maintenance_client::MaintenanceClient,
+    DeleteRequest, DeleteResponse, GetRequest, KeyValue, PutRequest, PutResponse, ResponseHeader,
+    ScanResponse, TxnRequest, TxnResponse, kv_client::KvClient, txn_op_result,
 };
+use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::time::Instant;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
-use crate::endpoint::{EndpointConn, Endpoints, lazy_channel, normalize_endpoint};
+use crate::config::{ClientBuilder, Settings};
+use crate::endpoint::{Endpoints, Route};
 use crate::options::scan_request;
-use crate::retry::{Decision, Failure, OpKind, Origin, backoff, classify};
+use crate::retry::OpKind;
+use crate::session::SessionPool;
+use crate::txn::{self, Txn};
 use crate::{ClientConfig, Error, PutOptions, ReadOptions, ScanOptions, ScanRange};
 
 /// Largest response the client accepts. The server bounds its pages; this only keeps a
 /// confused peer from making the client allocate without limit. Scan pages of large
 /// values (up to 1 MiB each by default) need more than tonic's 4 MiB default.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// A handle to a ferrokv cluster.
 ///
-/// Cheap to clone (the connections are shared) and safe to use from many tasks at
-/// once. Connections are opened lazily, on the first request to each endpoint, and
-/// re-opened after a failure.
+/// Cheap to clone (clones share connections, sessions and what the client learned
+/// about the cluster) and safe to use from many tasks at once (`Send + Sync`).
+/// Connections are opened lazily, on the first request to each endpoint, and re-opened
+/// (resolving the name again) after a failure.
 ///
-/// Each request tries the endpoint that answered last, then the others in order. Reads
-/// move on after any failure to reach an endpoint; writes move on only when nothing was
-/// sent (see [`Error::Ambiguous`]). When the servers answer that no leader is known, the
-/// client goes around the endpoints again with a short backoff until
-/// [`ClientConfig::request_timeout`] runs out.
+/// Writes go to the leader named in the last response header, reads to the endpoint
+/// that answered last; either fails over to the other endpoints, with backoff and
+/// jitter, until the request timeout. Endpoints are the configured ones plus the
+/// members' client addresses, refreshed from the member list. Puts, deletes and
+/// transactions run in client sessions, so a write whose outcome is unknown is resent
+/// without risk of applying it twice; see [`Error::Ambiguous`] for what is left.
 ///
 /// ```no_run
 /// use ferrokv_client::{Client, ClientConfig, PutOptions, ReadOptions};
@@ -50,71 +55,140 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
+    /// This handle's request timeout (see [`Client::with_timeout`]).
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug)]
-struct Inner {
-    endpoints: Endpoints,
-    config: ClientConfig,
-}
-
-/// One endpoint's answer to [`Client::status_all`].
-#[derive(Debug)]
-pub struct EndpointStatus {
-    /// The endpoint as configured.
-    pub endpoint: String,
-    /// Its status, or why it could not be had.
-    pub status: Result<StatusResponse, Error>,
+pub(crate) struct Inner {
+    pub(crate) endpoints: Endpoints,
+    pub(crate) config: ClientConfig,
+    pub(crate) settings: Settings,
+    pub(crate) sessions: Arc<SessionPool>,
+    /// A background member-list refresh is running.
+    pub(crate) refreshing: AtomicBool,
+    /// When the member list was last asked for (successfully or not).
+    pub(crate) last_refresh: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Client {
     /// Creates a client for the cluster reachable at `endpoints` (`host:port`, or
-    /// `http://host:port`).
+    /// `http://host:port`; DNS names are resolved on every new connection).
     ///
     /// Nothing is dialed yet: a wrong or unreachable endpoint shows up on the first
-    /// request. Must be called inside a Tokio runtime.
+    /// request. Must be called inside a Tokio runtime. For more settings, see
+    /// [`Client::builder`].
     ///
     /// # Errors
     /// [`Error::NoEndpoints`] for an empty list, [`Error::InvalidEndpoint`] for an
     /// endpoint that is not `host:port`, [`Error::NoRuntime`] outside a Tokio runtime.
     ///
-    /// ```no_run
-    /// # fn example() -> Result<(), ferrokv_client::Error> {
-    /// use ferrokv_client::{Client, ClientConfig};
-    /// let client = Client::connect(["127.0.0.1:2379"], ClientConfig::default())?;
-    /// # Ok(())
+    /// ```
+    /// use ferrokv_client::{Client, ClientConfig, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let client = Client::connect(["127.0.0.1:2379", "ferrokv:2379"], ClientConfig::default());
+    /// assert!(client.is_ok());
+    /// let bad = Client::connect(["localhost"], ClientConfig::default());
+    /// assert!(matches!(bad, Err(Error::InvalidEndpoint { .. })));
     /// # }
     /// ```
     pub fn connect(
         endpoints: impl IntoIterator<Item = impl Into<String>>,
         config: ClientConfig,
     ) -> Result<Client, Error> {
-        let conns = endpoints
-            .into_iter()
-            .map(|endpoint| {
-                let name = endpoint.into().trim().to_string();
-                let uri = normalize_endpoint(&name)?;
-                let channel = lazy_channel(&name, &uri, &config)?;
-                Ok(EndpointConn { name, channel })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        ClientBuilder::new(endpoints).config(config).connect()
+    }
+
+    /// Starts building a client with more than timeouts: sessions, member discovery.
+    /// See [`ClientBuilder`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ferrokv_client::Error> {
+    /// let client = ferrokv_client::Client::builder(["127.0.0.1:2379"])
+    ///     .member_refresh_interval(None)
+    ///     .connect()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(endpoints: impl IntoIterator<Item = impl Into<String>>) -> ClientBuilder {
+        ClientBuilder::new(endpoints)
+    }
+
+    pub(crate) fn from_builder(builder: ClientBuilder) -> Result<Client, Error> {
+        let ClientBuilder {
+            endpoints,
+            config,
+            settings,
+        } = builder;
+        let endpoints = Endpoints::new(endpoints, &config)?;
         Ok(Client {
+            timeout: config.request_timeout,
             inner: Arc::new(Inner {
-                endpoints: Endpoints::new(conns)?,
+                endpoints,
+                sessions: Arc::new(SessionPool::new(settings.max_sessions)),
                 config,
+                settings,
+                refreshing: AtomicBool::new(false),
+                last_refresh: std::sync::Mutex::new(None),
             }),
         })
     }
 
-    /// The configured endpoints, in configuration order.
-    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
-        self.inner.endpoints.all().iter().map(|c| c.name.as_str())
+    /// A handle to the same client (same connections and sessions) whose requests have
+    /// `timeout` as their budget instead of [`ClientConfig::request_timeout`]: the
+    /// per-request deadline.
+    ///
+    /// ```no_run
+    /// # async fn example(client: ferrokv_client::Client) -> Result<(), ferrokv_client::Error> {
+    /// use std::time::Duration;
+    /// use ferrokv_client::ReadOptions;
+    /// let quick = client.with_timeout(Duration::from_millis(300));
+    /// let (_, kv) = quick.get("feature-flag", ReadOptions::default()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            timeout,
+        }
     }
 
-    /// The configuration this client was created with.
+    /// Every endpoint the client currently knows: the configured ones, then members
+    /// learned from the cluster (member list, response headers).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ferrokv_client::Error> {
+    /// use ferrokv_client::{Client, ClientConfig};
+    /// let client = Client::connect(["127.0.0.1:2379"], ClientConfig::default())?;
+    /// assert_eq!(client.endpoints(), ["127.0.0.1:2379"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.endpoints.names()
+    }
+
+    /// The leader's client address as the last response header named it, if any:
+    /// where writes go first.
+    pub fn leader_endpoint(&self) -> Option<String> {
+        self.inner.endpoints.leader()
+    }
+
+    /// The configuration this client was created with (this handle's request timeout
+    /// may differ; see [`Client::with_timeout`]).
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    /// The deadline of a request starting now.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
     }
 
     /// Reads `key`. Returns the header of the answering replica and the key, or `None`
@@ -140,19 +214,26 @@ impl Client {
             consistency: options.consistency() as i32,
         };
         let response = self
-            .call(OpKind::Read, "get", |channel, timeout| {
-                let request = with_timeout(request.clone(), timeout);
-                async move { kv_client(channel).get(request).await }
-            })
+            .call(
+                OpKind::Read,
+                Route::AnyMember,
+                "get",
+                self.deadline(),
+                |channel, timeout| {
+                    let request = with_timeout(request.clone(), timeout);
+                    async move { kv_client(channel).get(request).await }
+                },
+            )
             .await?;
         Ok((response.header.unwrap_or_default(), response.kv))
     }
 
-    /// Writes `value` at `key`.
+    /// Writes `value` at `key`, exactly once: in a session, resent within it while the
+    /// outcome is unknown (see the crate's README, "Retries and sessions").
     ///
     /// # Errors
-    /// [`Error::Ambiguous`] when the put may or may not have been applied; the client
-    /// never resends it by itself.
+    /// [`Error::Ambiguous`] when the put was still undecided at the deadline;
+    /// [`Error::SessionExpired`] when the session expired (the put was not applied).
     ///
     /// ```no_run
     /// # async fn example(client: ferrokv_client::Client) -> Result<(), ferrokv_client::Error> {
@@ -176,18 +257,24 @@ impl Client {
             prev_kv: options.prev_kv,
             session: None,
         };
-        self.call(OpKind::Write, "put", |channel, timeout| {
-            let request = with_timeout(request.clone(), timeout);
+        self.write("put", |channel, timeout, session| {
+            let request = with_timeout(
+                PutRequest {
+                    session,
+                    ..request.clone()
+                },
+                timeout,
+            );
             async move { kv_client(channel).put(request).await }
         })
         .await
     }
 
-    /// Deletes `key`; [`DeleteResponse::deleted`] is 1 when it existed, 0 otherwise.
-    /// With `prev_kv`, the deleted key is returned too.
+    /// Deletes `key`, exactly once; [`DeleteResponse::deleted`] is 1 when it existed, 0
+    /// otherwise. With `prev_kv`, the deleted key is returned too.
     ///
     /// # Errors
-    /// [`Error::Ambiguous`] when the delete may or may not have been applied.
+    /// As [`Client::put`].
     ///
     /// ```no_run
     /// # async fn example(client: ferrokv_client::Client) -> Result<(), ferrokv_client::Error> {
@@ -205,8 +292,14 @@ impl Client {
             prev_kv,
             session: None,
         };
-        self.call(OpKind::Write, "delete", |channel, timeout| {
-            let request = with_timeout(request.clone(), timeout);
+        self.write("delete", |channel, timeout, session| {
+            let request = with_timeout(
+                DeleteRequest {
+                    session,
+                    ..request.clone()
+                },
+                timeout,
+            );
             async move { kv_client(channel).delete(request).await }
         })
         .await
@@ -215,7 +308,8 @@ impl Client {
     /// Reads the first page of `range`: at most `limit` keys (0: the server's default
     /// page size), with values. When [`ScanResponse::more`] is set, pass
     /// [`ScanResponse::next_token`] as [`ScanOptions::continuation`] to
-    /// [`Client::scan_page`] for the next page, or use [`Client::scan_all`].
+    /// [`Client::scan_page`] for the next page, or use [`Client::scan_all`] or
+    /// [`Client::scan_stream`].
     ///
     /// ```no_run
     /// # async fn example(client: ferrokv_client::Client) -> Result<(), ferrokv_client::Error> {
@@ -266,15 +360,22 @@ impl Client {
         options: &ScanOptions,
     ) -> Result<ScanResponse, Error> {
         let request = scan_request(range, options);
-        self.call(OpKind::Read, "scan", |channel, timeout| {
-            let request = with_timeout(request.clone(), timeout);
-            async move { kv_client(channel).scan(request).await }
-        })
+        self.call(
+            OpKind::Read,
+            Route::AnyMember,
+            "scan",
+            self.deadline(),
+            |channel, timeout| {
+                let request = with_timeout(request.clone(), timeout);
+                async move { kv_client(channel).scan(request).await }
+            },
+        )
         .await
     }
 
     /// Reads every key of `range`, page after page (`options.limit` is the page size),
-    /// and returns them with the header of the last page.
+    /// and returns them with the header of the last page. For ranges too large to hold
+    /// in memory, use [`Client::scan_stream`].
     ///
     /// Each page is its own request with its own timeout and consistency: the result
     /// is not one snapshot — a key written during the scan may or may not appear.
@@ -305,259 +406,143 @@ impl Client {
         }
     }
 
-    /// Runs a transaction: if every compare holds the success ops run, else the failure
-    /// ops, atomically. See [`crate::txn`] for building one.
-    ///
-    /// # Errors
-    /// [`Error::Ambiguous`] when the transaction may or may not have been applied.
+    /// Streams every key of `range`, fetching the next page (`options.limit` keys; 0:
+    /// the server's default) only when the previous one has been consumed. Stops at
+    /// the first error, which it yields. Like [`Client::scan_all`], pages are separate
+    /// reads, not one snapshot.
     ///
     /// ```no_run
     /// # async fn example(client: ferrokv_client::Client) -> Result<(), ferrokv_client::Error> {
-    /// use ferrokv_client::txn::{self, CompareOp};
-    /// use ferrokv_client::TxnRequest;
+    /// use futures::TryStreamExt;
+    /// use ferrokv_client::{ScanOptions, ScanRange};
+    /// let options = ScanOptions { limit: 1000, keys_only: true, ..ScanOptions::default() };
+    /// let mut keys = std::pin::pin!(client.scan_stream(ScanRange::all(), options));
+    /// let mut count = 0u64;
+    /// while let Some(kv) = keys.try_next().await? {
+    ///     count += 1;
+    /// }
+    /// println!("{count} keys");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn scan_stream(
+        &self,
+        range: ScanRange,
+        options: ScanOptions,
+    ) -> impl Stream<Item = Result<KeyValue, Error>> + Send + 'static {
+        // The state: `None` once the last page was read.
+        let state = Some((self.clone(), range, options));
+        futures::stream::try_unfold(state, |state| async move {
+            let Some((client, range, mut options)) = state else {
+                return Ok::<_, Error>(None);
+            };
+            let page = client.scan_page(&range, &options).await?;
+            let next = next_continuation(page.more, page.next_token, &options.continuation)?;
+            let state = next.map(|token| {
+                options.continuation = token;
+                (client, range, options)
+            });
+            Ok(Some((page.kvs, state)))
+        })
+        .map_ok(|kvs| futures::stream::iter(kvs.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+    }
+
+    /// Runs a transaction, exactly once: if every compare holds the success ops run,
+    /// else the failure ops, atomically. Takes a [`Txn`] (the builder) or a
+    /// [`TxnRequest`].
+    ///
+    /// # Errors
+    /// As [`Client::put`]. A compare that does not hold is not an error: see
+    /// [`TxnResponse::succeeded`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: ferrokv_client::Client) -> Result<(), ferrokv_client::Error> {
+    /// use ferrokv_client::txn::{self, CompareOp, Txn};
     /// let response = client
-    ///     .txn(TxnRequest {
-    ///         compares: vec![txn::version("counter", CompareOp::Equal, 7)],
-    ///         success: vec![txn::put("counter", "8")],
-    ///         failure: vec![txn::get("counter")],
-    ///     })
+    ///     .txn(
+    ///         Txn::new()
+    ///             .when([txn::version("counter", CompareOp::Equal, 7)])
+    ///             .and_then([txn::put("counter", "8")])
+    ///             .or_else([txn::get("counter")]),
+    ///     )
     ///     .await?;
     /// println!("swapped: {}", response.succeeded);
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, Error> {
-        // A transaction of gets only changes nothing, but it still goes through the
-        // log like any Txn, so it is treated as a write: never resent blindly.
-        self.call(OpKind::Write, "txn", |channel, timeout| {
-            let request = with_timeout(request.clone(), timeout);
+    pub async fn txn(&self, request: impl Into<TxnRequest>) -> Result<TxnResponse, Error> {
+        let request: TxnRequest = request.into();
+        // A transaction of gets only changes nothing, but it goes through the log like
+        // any Txn, so it is a write like the others.
+        self.write("txn", |channel, timeout, session| {
+            let request = with_timeout(
+                TxnRequest {
+                    session,
+                    ..request.clone()
+                },
+                timeout,
+            );
             async move { kv_client(channel).txn(request).await }
         })
         .await
     }
 
-    /// Lists the cluster's members (voters and learners).
+    /// Writes `new_value` at `key` only if the key currently holds `expected` (`None`:
+    /// only if the key does not exist), in one transaction. Returns the header of the
+    /// write.
+    ///
+    /// # Errors
+    /// [`Error::CompareFailed`] with the key's current state when it did not hold
+    /// `expected` (nothing was written); otherwise as [`Client::put`].
     ///
     /// ```no_run
     /// # async fn example(client: ferrokv_client::Client) -> Result<(), ferrokv_client::Error> {
-    /// for member in client.member_list().await?.members {
-    ///     println!("{} {} learner={}", member.id, member.name, member.is_learner);
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn member_list(&self) -> Result<MemberListResponse, Error> {
-        self.call(OpKind::Read, "member list", |channel, timeout| {
-            let request = with_timeout(MemberListRequest {}, timeout);
-            async move {
-                ClusterClient::new(channel)
-                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
-                    .member_list(request)
-                    .await
-            }
-        })
-        .await
-    }
-
-    /// Asks one endpoint (`host:port`, configured or not) for its own status, through
-    /// the Maintenance service. No failover: the point is to hear from that replica.
-    ///
-    /// ```no_run
-    /// # async fn example(client: ferrokv_client::Client) -> Result<(), ferrokv_client::Error> {
-    /// let status = client.status("127.0.0.1:2379").await?;
-    /// println!("{} is {} in term {}", status.name, status.role, status.term);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn status(&self, endpoint: &str) -> Result<StatusResponse, Error> {
-        let name = endpoint.trim();
-        let uri = normalize_endpoint(name)?;
-        let configured = self.inner.endpoints.all().iter().find(|conn| {
-            conn.name == name || normalize_endpoint(&conn.name).is_ok_and(|u| u == uri)
-        });
-        let channel = match configured {
-            Some(conn) => conn.channel.clone(),
-            None => lazy_channel(name, &uri, &self.inner.config)?,
-        };
-        self.status_of(name, channel).await
-    }
-
-    /// Asks every configured endpoint for its status, concurrently, and returns one
-    /// entry per endpoint in configuration order (for `ferroctl endpoint status`).
-    ///
-    /// ```no_run
-    /// # async fn example(client: ferrokv_client::Client) {
-    /// for entry in client.status_all().await {
-    ///     match entry.status {
-    ///         Ok(status) => println!("{}: leader {}", entry.endpoint, status.leader_id),
-    ///         Err(err) => println!("{}: {err}", entry.endpoint),
+    /// use ferrokv_client::Error;
+    /// match client.compare_and_swap("leader", None, "me").await {
+    ///     Ok(_) => println!("elected"),
+    ///     Err(Error::CompareFailed { current, .. }) => {
+    ///         let holder = current.map(|kv| kv.value).unwrap_or_default();
+    ///         println!("{} leads", String::from_utf8_lossy(&holder));
     ///     }
+    ///     Err(other) => return Err(other),
     /// }
+    /// # Ok(())
     /// # }
     /// ```
-    pub async fn status_all(&self) -> Vec<EndpointStatus> {
-        let requests = self.inner.endpoints.all().iter().map(|conn| async move {
-            EndpointStatus {
-                endpoint: conn.name.clone(),
-                status: self.status_of(&conn.name, conn.channel.clone()).await,
-            }
-        });
-        futures::future::join_all(requests).await
-    }
-
-    /// One Status request to one endpoint, no retries.
-    async fn status_of(&self, name: &str, channel: Channel) -> Result<StatusResponse, Error> {
-        let timeout = self.inner.config.request_timeout;
-        let deadline = Instant::now() + timeout;
-        let result = MaintenanceClient::new(channel)
-            .max_decoding_message_size(MAX_RESPONSE_BYTES)
-            .status(with_timeout(StatusRequest::default(), timeout))
-            .await;
-        result.map(tonic::Response::into_inner).map_err(|status| {
-            let failure = Failure::from_status(&status).at_deadline(Instant::now() >= deadline);
-            final_error("status", name, timeout, failure)
-        })
-    }
-
-    /// Carries one request across the endpoints until it succeeds, fails for good, or
-    /// the request timeout runs out. `attempt` sends it once on a channel, with the
-    /// time left as its deadline.
-    async fn call<T, F, Fut>(&self, op: OpKind, what: &str, mut attempt: F) -> Result<T, Error>
-    where
-        F: FnMut(Channel, Duration) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-    {
-        let timeout = self.inner.config.request_timeout;
-        let deadline = Instant::now() + timeout;
-        let endpoints = &self.inner.endpoints;
-        let mut round = 0;
-        loop {
-            let mut failures = RoundFailures::default();
-            for index in endpoints.order() {
-                let conn = endpoints.get(index);
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(failures.into_error(what, timeout));
-                }
-                let status = match attempt(conn.channel.clone(), left).await {
-                    Ok(response) => {
-                        endpoints.succeeded(index);
-                        return Ok(response.into_inner());
-                    }
-                    Err(status) => status,
-                };
-                let failure = Failure::from_status(&status).at_deadline(Instant::now() >= deadline);
-                let decision = classify(op, &failure);
-                tracing::debug!(endpoint = %conn.name, what, ?failure, ?decision, "attempt failed");
-                match decision {
-                    Decision::NextEndpoint => {
-                        failures.unreachable.push((conn.name.clone(), failure))
-                    }
-                    Decision::RetryWithBackoff => {
-                        failures.unavailable = Some((conn.name.clone(), failure))
-                    }
-                    Decision::Fail => return Err(final_error(what, &conn.name, timeout, failure)),
-                    Decision::FailAmbiguous => {
-                        return Err(Error::Ambiguous(format!(
-                            "{what} sent to {} may or may not have been applied: {}",
-                            conn.name,
-                            describe(&failure)
-                        )));
-                    }
-                }
-            }
-            if failures.unavailable.is_none() {
-                // Every endpoint was unreachable: fail now rather than wait out the
-                // timeout, so a wrong endpoint list is reported at once.
-                return Err(failures.into_error(what, timeout));
-            }
-            let pause = jittered(backoff(round));
-            if deadline.saturating_duration_since(Instant::now()) <= pause {
-                return Err(failures.into_error(what, timeout));
-            }
-            tokio::time::sleep(pause).await;
-            round += 1;
-        }
-    }
-}
-
-/// What one round over the endpoints ran into, none of it final on its own.
-#[derive(Default)]
-struct RoundFailures {
-    /// Endpoints that could not be reached, with why.
-    unreachable: Vec<(String, Failure)>,
-    /// The last "no leader" (or other not-applied) answer.
-    unavailable: Option<(String, Failure)>,
-}
-
-impl RoundFailures {
-    /// The error to report when no round is left. Everything in `self` is known not to
-    /// have applied a write, so it is never ambiguous.
-    fn into_error(self, what: &str, timeout: Duration) -> Error {
-        if let Some((endpoint, failure)) = self.unavailable {
-            return Error::Unavailable(format!(
-                "{what}: {} (answered by {endpoint}; retried until the request timeout of {})",
-                failure.message,
-                format_duration(timeout)
-            ));
-        }
-        if self.unreachable.is_empty() {
-            return Error::DeadlineExceeded(format!(
-                "{what}: the request timeout of {} ran out",
-                format_duration(timeout)
-            ));
-        }
-        let endpoint = join(self.unreachable.iter().map(|(name, _)| name.as_str()), ", ");
-        let message = if let [(_, failure)] = self.unreachable.as_slice() {
-            describe(failure)
-        } else {
-            join(
-                self.unreachable
-                    .iter()
-                    .map(|(name, failure)| format!("{name}: {}", describe(failure))),
-                "; ",
-            )
+    pub async fn compare_and_swap(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expected: Option<&[u8]>,
+        new_value: impl Into<Vec<u8>>,
+    ) -> Result<ResponseHeader, Error> {
+        let key = key.into();
+        let compare = match expected {
+            Some(value) => txn::value(key.clone(), txn::CompareOp::Equal, value),
+            None => txn::exists(key.clone(), false),
         };
-        Error::Transport { endpoint, message }
-    }
-}
-
-fn join(items: impl Iterator<Item = impl AsRef<str>>, separator: &str) -> String {
-    items
-        .map(|item| item.as_ref().to_string())
-        .collect::<Vec<_>>()
-        .join(separator)
-}
-
-/// The error for a failure that ends the request (not an ambiguous write).
-fn final_error(what: &str, endpoint: &str, timeout: Duration, failure: Failure) -> Error {
-    match failure.origin {
-        Origin::ClientDeadline => Error::DeadlineExceeded(format!(
-            "{what}: no answer within the request timeout of {} (last tried {endpoint})",
-            format_duration(timeout)
-        )),
-        Origin::NotConnected | Origin::ClientTransport => Error::Transport {
-            endpoint: endpoint.to_string(),
-            message: describe(&failure),
-        },
-        Origin::Server => Error::from_code(failure.code, failure.message),
-    }
-}
-
-/// The failure as one line: the message, and the code when the message alone would
-/// not say it.
-fn describe(failure: &Failure) -> String {
-    match (failure.origin, failure.message.is_empty()) {
-        (Origin::Server, true) => format!("{:?} with no message", failure.code),
-        (Origin::Server, false) if failure.code != Code::Unavailable => {
-            format!("{:?}: {}", failure.code, failure.message)
+        let request = Txn::new()
+            .when([compare])
+            .and_then([txn::put(key.clone(), new_value)])
+            .or_else([txn::get(key.clone())]);
+        let response = self.txn(request).await?;
+        if response.succeeded {
+            return Ok(response.header.unwrap_or_default());
         }
-        _ => failure.message.clone(),
+        let current = response.results.into_iter().find_map(|r| match r.result {
+            Some(txn_op_result::Result::Get(get)) => get.kv,
+            _ => None,
+        });
+        Err(Error::CompareFailed {
+            key,
+            current: current.map(Box::new),
+        })
     }
 }
 
 /// Decides whether paging goes on: `Some(token)` for the next page, `None` when done.
-fn next_continuation(
+pub(crate) fn next_continuation(
     more: bool,
     next_token: Vec<u8>,
     previous: &[u8],
@@ -576,30 +561,13 @@ fn next_continuation(
     Ok(Some(next_token))
 }
 
-/// Adds up to 50% random jitter, so clients that failed together do not retry in step.
-fn jittered(pause: Duration) -> Duration {
-    let millis = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
-    pause + Duration::from_millis(rand::random_range(0..=millis / 2))
-}
-
-/// `1.5s`, `300ms`: for messages.
-pub(crate) fn format_duration(duration: Duration) -> String {
-    if duration.subsec_millis() == 0 && duration.as_secs() > 0 {
-        format!("{}s", duration.as_secs())
-    } else if duration.as_secs() == 0 {
-        format!("{}ms", duration.as_millis())
-    } else {
-        format!("{:.3}s", duration.as_secs_f64())
-    }
-}
-
-fn kv_client(channel: Channel) -> KvClient<Channel> {
+pub(crate) fn kv_client(channel: Channel) -> KvClient<Channel> {
     KvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 /// Wraps `message` in a request whose gRPC deadline is `timeout`: tonic enforces it on
 /// the client and sends it to the server, which gives up at the same moment.
-fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+pub(crate) fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request

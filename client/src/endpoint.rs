@@ -1,11 +1,15 @@
-//! Endpoints: `host:port` normalization, one lazy gRPC channel per endpoint, and the
-//! order in which a request tries them.
+//! Endpoints: `host:port` normalization, one lazy gRPC channel per endpoint (configured
+//! or discovered from the member list), their health, the leader hint, and the order in
+//! which a request tries them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
+use ferrokv_proto::v1::{Member, ResponseHeader};
+use tokio::time::Instant;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
+use crate::retry::{endpoint_down_for, jittered};
 use crate::{ClientConfig, Error};
 
 /// Turns `host:port` (or `http://host:port`) into the URI tonic dials.
@@ -76,53 +80,328 @@ pub(crate) fn lazy_channel(
         .connect_lazy())
 }
 
-/// One configured endpoint and its channel.
-#[derive(Debug)]
-pub(crate) struct EndpointConn {
-    /// As the caller wrote it (trimmed): what errors and `status_all` show.
+/// Whether an endpoint was given by the caller or learned from the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Given to [`Client::connect`](crate::Client::connect): kept for the client's
+    /// lifetime (it may be a Service name that stands for any member).
+    Configured,
+    /// A member's advertised client address (member list or a response header):
+    /// dropped when the member leaves the cluster.
+    Discovered,
+}
+
+/// Which endpoint a request would rather reach first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Writes: the leader, when known (a follower would forward it there anyway).
+    Leader,
+    /// Reads and everything else: the endpoint that answered last.
+    AnyMember,
+}
+
+/// One endpoint to try, as the attempt loop sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// As configured or advertised: what errors show.
     pub(crate) name: String,
+    /// Normalized URI: the key in the table.
+    pub(crate) uri: String,
     pub(crate) channel: Channel,
 }
 
-/// The configured endpoints and which one to try first.
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    uri: String,
+    source: Source,
+    channel: Channel,
+    /// Failures to reach it in a row.
+    failures: u32,
+    /// Until then it is tried only after the endpoints that are not down.
+    down_until: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Table {
+    entries: Vec<Entry>,
+    /// URI of the leader as the last response header named it.
+    leader: Option<String>,
+    /// URI of the endpoint that answered last.
+    preferred: Option<String>,
+    /// Whether any endpoint ever answered (a wrong endpoint list fails fast).
+    ever_answered: bool,
+}
+
+/// Every endpoint the client knows, their connections and health, and the leader hint.
+///
+/// The lock is a plain mutex held only for bookkeeping, never across an `.await`:
+/// requests take a snapshot of the order ([`Endpoints::plan`]) and report back.
 #[derive(Debug)]
 pub(crate) struct Endpoints {
-    conns: Vec<EndpointConn>,
-    /// Index of the endpoint that last answered a request.
-    preferred: AtomicUsize,
+    table: Mutex<Table>,
+    config: ClientConfig,
 }
 
 impl Endpoints {
-    pub(crate) fn new(conns: Vec<EndpointConn>) -> Result<Endpoints, Error> {
-        if conns.is_empty() {
+    /// The configured endpoints, normalized and deduplicated, each with a lazy channel.
+    pub(crate) fn new(names: Vec<String>, config: &ClientConfig) -> Result<Endpoints, Error> {
+        let mut entries: Vec<Entry> = Vec::new();
+        for name in names {
+            let name = name.trim().to_string();
+            let uri = normalize_endpoint(&name)?;
+            if entries.iter().any(|e| e.uri == uri) {
+                continue;
+            }
+            let channel = lazy_channel(&name, &uri, config)?;
+            entries.push(Entry {
+                name,
+                uri,
+                source: Source::Configured,
+                channel,
+                failures: 0,
+                down_until: None,
+            });
+        }
+        if entries.is_empty() {
             return Err(Error::NoEndpoints);
         }
         Ok(Endpoints {
-            conns,
-            preferred: AtomicUsize::new(0),
+            table: Mutex::new(Table {
+                entries,
+                leader: None,
+                preferred: None,
+                ever_answered: false,
+            }),
+            config: config.clone(),
         })
     }
 
-    pub(crate) fn all(&self) -> &[EndpointConn] {
-        &self.conns
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // The table is consistent after every statement that changes it, so a panic
+        // elsewhere while it was held leaves nothing half-done: keep using it.
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The indexes to try, in order: the endpoint that last succeeded, then the others
-    /// in configuration order after it (wrapping around).
-    pub(crate) fn order(&self) -> impl Iterator<Item = usize> + use<> {
-        try_order(self.preferred.load(Ordering::Relaxed), self.conns.len())
+    /// Every known endpoint: configured ones first (in configuration order), then the
+    /// discovered ones.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.table()
+            .entries
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
     }
 
-    pub(crate) fn get(&self, index: usize) -> &EndpointConn {
-        &self.conns[index % self.conns.len()]
+    /// The configured endpoints.
+    pub(crate) fn configured(&self) -> Vec<Target> {
+        let table = self.table();
+        table
+            .entries
+            .iter()
+            .filter(|e| e.source == Source::Configured)
+            .map(Entry::target)
+            .collect()
     }
 
-    /// Remembers that endpoint `index` answered.
-    pub(crate) fn succeeded(&self, index: usize) {
-        // Relaxed: this is only a hint for the next request; racing requests may each
-        // store their own winner and either is fine.
-        self.preferred.store(index, Ordering::Relaxed);
+    /// The leader's endpoint as last learned, if any.
+    pub(crate) fn leader(&self) -> Option<String> {
+        let table = self.table();
+        let uri = table.leader.as_ref()?;
+        table
+            .entries
+            .iter()
+            .find(|e| &e.uri == uri)
+            .map(|e| e.name.clone())
     }
+
+    pub(crate) fn ever_answered(&self) -> bool {
+        self.table().ever_answered
+    }
+
+    /// The endpoints to try for one round, in order (see [`order`]).
+    pub(crate) fn plan(&self, route: Route) -> Vec<Target> {
+        let table = self.table();
+        let candidates: Vec<Candidate> = table
+            .entries
+            .iter()
+            .map(|e| Candidate {
+                leader: route == Route::Leader && table.leader.as_ref() == Some(&e.uri),
+                preferred: table.preferred.as_ref() == Some(&e.uri),
+                down_until: e.down_until,
+            })
+            .collect();
+        order(&candidates, Instant::now())
+            .into_iter()
+            .map(|i| table.entries[i].target())
+            .collect()
+    }
+
+    /// A target for `name`, known or not (for per-endpoint requests such as Status).
+    pub(crate) fn target(&self, name: &str) -> Result<Target, Error> {
+        let name = name.trim();
+        let uri = normalize_endpoint(name)?;
+        if let Some(entry) = self.table().entries.iter().find(|e| e.uri == uri) {
+            return Ok(Target {
+                name: name.to_string(),
+                ..entry.target()
+            });
+        }
+        Ok(Target {
+            name: name.to_string(),
+            channel: lazy_channel(name, &uri, &self.config)?,
+            uri,
+        })
+    }
+
+    /// Endpoint `uri` answered (with `header`, when the answer has one): it is healthy,
+    /// preferred next time, and the header's leader becomes the leader hint.
+    pub(crate) fn answered(&self, uri: &str, header: Option<&ResponseHeader>) {
+        let mut table = self.table();
+        table.ever_answered = true;
+        table.preferred = Some(uri.to_string());
+        if let Some(entry) = table.entries.iter_mut().find(|e| e.uri == uri) {
+            entry.failures = 0;
+            entry.down_until = None;
+        }
+        let Some(header) = header else { return };
+        if header.leader_id == 0 {
+            table.leader = None;
+            return;
+        }
+        let addr = header.leader_client_addr.trim();
+        if addr.is_empty() {
+            return;
+        }
+        match normalize_endpoint(addr) {
+            Ok(leader_uri) => {
+                if !table.entries.iter().any(|e| e.uri == leader_uri) {
+                    match lazy_channel(addr, &leader_uri, &self.config) {
+                        Ok(channel) => table.entries.push(Entry {
+                            name: addr.to_string(),
+                            uri: leader_uri.clone(),
+                            source: Source::Discovered,
+                            channel,
+                            failures: 0,
+                            down_until: None,
+                        }),
+                        Err(_) => return,
+                    }
+                }
+                table.leader = Some(leader_uri);
+            }
+            Err(err) => {
+                tracing::debug!(%err, "ignoring the leader's unusable client address");
+            }
+        }
+    }
+
+    /// Endpoint `uri` could not be reached, or its connection broke mid-request: try it
+    /// last for a while, forget it as leader, and replace its channel so the next
+    /// attempt dials afresh — resolving its name again, since a pod that moved has a
+    /// new IP behind the same DNS name.
+    pub(crate) fn failed(&self, uri: &str) {
+        let mut table = self.table();
+        if table.leader.as_deref() == Some(uri) {
+            table.leader = None;
+        }
+        if table.preferred.as_deref() == Some(uri) {
+            table.preferred = None;
+        }
+        let config = self.config.clone();
+        if let Some(entry) = table.entries.iter_mut().find(|e| e.uri == uri) {
+            entry.failures = entry.failures.saturating_add(1);
+            entry.down_until = Some(Instant::now() + jittered(endpoint_down_for(entry.failures)));
+            if let Ok(channel) = lazy_channel(&entry.name, &entry.uri, &config) {
+                entry.channel = channel;
+            }
+        }
+    }
+
+    /// Replaces the discovered endpoints with the members' advertised client addresses
+    /// (configured endpoints stay). Returns how many endpoints are known afterwards.
+    pub(crate) fn set_members(&self, members: &[Member]) -> usize {
+        let addrs: Vec<(String, String)> = members
+            .iter()
+            .map(|m| m.client_addr.trim())
+            .filter(|a| !a.is_empty())
+            .filter_map(|a| normalize_endpoint(a).ok().map(|uri| (a.to_string(), uri)))
+            .collect();
+        let mut table = self.table();
+        table
+            .entries
+            .retain(|e| e.source == Source::Configured || addrs.iter().any(|(_, u)| *u == e.uri));
+        for (name, uri) in addrs {
+            if table.entries.iter().any(|e| e.uri == uri) {
+                continue;
+            }
+            if let Ok(channel) = lazy_channel(&name, &uri, &self.config) {
+                table.entries.push(Entry {
+                    name,
+                    uri,
+                    source: Source::Discovered,
+                    channel,
+                    failures: 0,
+                    down_until: None,
+                });
+            }
+        }
+        let known: Vec<String> = table.entries.iter().map(|e| e.uri.clone()).collect();
+        if table.leader.as_ref().is_some_and(|l| !known.contains(l)) {
+            table.leader = None;
+        }
+        if table.preferred.as_ref().is_some_and(|p| !known.contains(p)) {
+            table.preferred = None;
+        }
+        table.entries.len()
+    }
+}
+
+impl Entry {
+    fn target(&self) -> Target {
+        Target {
+            name: self.name.clone(),
+            uri: self.uri.clone(),
+            channel: self.channel.clone(),
+        }
+    }
+}
+
+/// What the order of one round depends on, per endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Candidate {
+    /// It is the leader and the request would rather go there.
+    pub(crate) leader: bool,
+    /// It answered last.
+    pub(crate) preferred: bool,
+    pub(crate) down_until: Option<Instant>,
+}
+
+/// The order in which one round tries the endpoints (indexes into `candidates`):
+/// endpoints that are not down first — the leader (when the request wants it), then
+/// the one that answered last, then the rest in table order starting after it — and
+/// then the endpoints that are down, soonest back first. Every endpoint is in the
+/// round once: when all are down, the client still tries them.
+pub(crate) fn order(candidates: &[Candidate], now: Instant) -> Vec<usize> {
+    let len = candidates.len();
+    let start = candidates.iter().position(|c| c.preferred).unwrap_or(0);
+    let is_down = |c: &Candidate| c.down_until.is_some_and(|until| until > now);
+    let mut up: Vec<usize> = Vec::with_capacity(len);
+    let mut down: Vec<usize> = Vec::new();
+    for i in try_order(start, len) {
+        if is_down(&candidates[i]) {
+            down.push(i);
+        } else {
+            up.push(i);
+        }
+    }
+    // Stable: among the endpoints that are up, the rotation order is kept.
+    up.sort_by_key(|&i| !candidates[i].leader);
+    down.sort_by_key(|&i| candidates[i].down_until);
+    up.extend(down);
+    up
 }
 
 /// `len` indexes starting at `first` and wrapping around.
@@ -182,11 +461,103 @@ mod tests {
     }
 
     #[test]
-    fn order_starts_at_the_preferred_endpoint_and_wraps() {
+    fn try_order_starts_at_the_preferred_endpoint_and_wraps() {
         assert_eq!(try_order(0, 3).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(try_order(2, 3).collect::<Vec<_>>(), vec![2, 0, 1]);
         assert_eq!(try_order(5, 3).collect::<Vec<_>>(), vec![2, 0, 1]);
         assert_eq!(try_order(0, 0).count(), 0);
+    }
+
+    fn at(now: Instant, millis: u64) -> Option<Instant> {
+        Some(now + std::time::Duration::from_millis(millis))
+    }
+
+    #[test]
+    fn leader_goes_first_then_the_last_to_answer_then_the_rest() {
+        let now = Instant::now();
+        let c = |leader, preferred| Candidate {
+            leader,
+            preferred,
+            down_until: None,
+        };
+        let candidates = [
+            c(false, false),
+            c(false, true),
+            c(true, false),
+            c(false, false),
+        ];
+        assert_eq!(order(&candidates, now), vec![2, 1, 3, 0]);
+        let no_leader = [c(false, false), c(false, true), c(false, false)];
+        assert_eq!(order(&no_leader, now), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn endpoints_that_are_down_go_last_soonest_back_first_even_the_leader() {
+        let now = Instant::now();
+        let candidates = [
+            Candidate {
+                down_until: at(now, 500),
+                ..Candidate::default()
+            },
+            Candidate {
+                leader: true,
+                down_until: at(now, 100),
+                ..Candidate::default()
+            },
+            Candidate::default(),
+            Candidate {
+                down_until: Some(now),
+                ..Candidate::default()
+            },
+        ];
+        // Index 3's down time is over: it is up again.
+        assert_eq!(order(&candidates, now), vec![2, 3, 1, 0]);
+    }
+
+    #[tokio::test]
+    async fn header_leader_is_learned_and_added_when_unknown() {
+        let endpoints =
+            Endpoints::new(vec!["127.0.0.1:1".into()], &ClientConfig::default()).expect("valid");
+        let header = ResponseHeader {
+            leader_id: 3,
+            leader_client_addr: "127.0.0.1:3".into(),
+            ..ResponseHeader::default()
+        };
+        endpoints.answered("http://127.0.0.1:1", Some(&header));
+        assert_eq!(endpoints.names(), ["127.0.0.1:1", "127.0.0.1:3"]);
+        assert_eq!(endpoints.leader().as_deref(), Some("127.0.0.1:3"));
+        let plan: Vec<String> = endpoints
+            .plan(Route::Leader)
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(plan, ["127.0.0.1:3", "127.0.0.1:1"]);
+        let plan: Vec<String> = endpoints
+            .plan(Route::AnyMember)
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(plan, ["127.0.0.1:1", "127.0.0.1:3"]);
+        endpoints.failed("http://127.0.0.1:3");
+        assert_eq!(endpoints.leader(), None);
+    }
+
+    #[tokio::test]
+    async fn member_list_replaces_discovered_endpoints_and_keeps_configured_ones() {
+        let endpoints = Endpoints::new(
+            vec!["127.0.0.1:1".into(), "http://127.0.0.1:1".into()],
+            &ClientConfig::default(),
+        )
+        .expect("valid");
+        assert_eq!(endpoints.names(), ["127.0.0.1:1"], "duplicates dropped");
+        let member = |addr: &str| Member {
+            client_addr: addr.into(),
+            ..Member::default()
+        };
+        endpoints.set_members(&[member("127.0.0.1:1"), member("127.0.0.1:2"), member("")]);
+        assert_eq!(endpoints.names(), ["127.0.0.1:1", "127.0.0.1:2"]);
+        endpoints.set_members(&[member("127.0.0.1:3")]);
+        assert_eq!(endpoints.names(), ["127.0.0.1:1", "127.0.0.1:3"]);
     }
 
     #[test]

@@ -1,6 +1,18 @@
 //! The client's error type: one variant per outcome a caller handles differently.
 
+use ferrokv_proto::v1::KeyValue;
 use tonic::Code;
+
+fn describe_current(current: Option<&KeyValue>) -> String {
+    match current {
+        None => "the key does not exist".to_string(),
+        Some(kv) => format!(
+            "the key holds a value of {} bytes at version {}",
+            kv.value.len(),
+            kv.version
+        ),
+    }
+}
 
 /// Why a request failed.
 ///
@@ -24,16 +36,36 @@ pub enum Error {
     Unavailable(String),
 
     /// The request timeout passed before an answer arrived, and nothing can have been
-    /// applied: a read, or a write that was never sent. A write whose deadline passed
-    /// after it may have been sent is [`Error::Ambiguous`] instead.
+    /// applied: a read, or a write that was never sent (or whose every attempt was
+    /// refused unapplied). A write still undecided at its deadline is
+    /// [`Error::Ambiguous`] instead.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
 
-    /// A write whose outcome is unknown: the request may have reached the server and
-    /// may or may not have been (or later be) applied. The client never retries such a
-    /// write by itself; read the key back to learn what happened.
+    /// A write whose outcome is unknown: it may or may not have been applied. With
+    /// sessions (the default) the client has already resent it within its session
+    /// until the request timeout ran out; a plain write is never resent. Read the key
+    /// back to learn what happened.
     #[error("outcome unknown: {0}")]
     Ambiguous(String),
+
+    /// A write in a client session was refused because the session expired (idle past
+    /// its TTL) or was evicted from the cluster's session table. The write was **not**
+    /// applied; the client opens a new session for later writes, so sending it again
+    /// is safe.
+    #[error("session expired: {0}")]
+    SessionExpired(String),
+
+    /// A conditional write ([`Client::compare_and_swap`](crate::Client::compare_and_swap))
+    /// did not apply because the key did not hold the expected value. `current` is the
+    /// key as the transaction saw it (`None`: absent).
+    #[error("compare failed on key {:?}: {}", String::from_utf8_lossy(key), describe_current(current.as_deref()))]
+    CompareFailed {
+        /// The key compared.
+        key: Vec<u8>,
+        /// Its value and revisions at the transaction's revision, when it exists.
+        current: Option<Box<KeyValue>>,
+    },
 
     /// A message was over a size limit (the server's or the client's).
     #[error("resource exhausted: {0}")]

@@ -1,21 +1,75 @@
-//! Constructors for the parts of a [`TxnRequest`](crate::TxnRequest): compares and ops.
+//! Transactions: the [`Txn`] builder, and constructors for its compares and ops.
 //!
 //! ```
-//! use ferrokv_client::txn::{self, CompareOp};
+//! use ferrokv_client::txn::{self, CompareOp, Txn};
 //! use ferrokv_client::TxnRequest;
 //!
 //! // Compare-and-set: if "k" still holds "old", write "new"; otherwise read it.
-//! let request = TxnRequest {
-//!     compares: vec![txn::value("k", CompareOp::Equal, "old")],
-//!     success: vec![txn::put("k", "new")],
-//!     failure: vec![txn::get("k")],
-//! };
-//! assert_eq!(request.success.len(), 1);
+//! let txn = Txn::new()
+//!     .when([txn::value("k", CompareOp::Equal, "old")])
+//!     .and_then([txn::put("k", "new")])
+//!     .or_else([txn::get("k")]);
+//! let request = TxnRequest::from(txn);
+//! assert_eq!((request.compares.len(), request.success.len()), (1, 1));
 //! ```
 
 use ferrokv_proto::v1::{
-    Compare, DeleteRequest, GetRequest, PutRequest, TxnOp, compare::Target, txn_op,
+    Compare, DeleteRequest, GetRequest, PutRequest, TxnOp, TxnRequest, compare::Target, txn_op,
 };
+
+/// A transaction being built: compares, then the ops to run when every compare holds
+/// (`and_then`), else the ops to run otherwise (`or_else`). Pass it to
+/// [`Client::txn`](crate::Client::txn).
+///
+/// ```
+/// use ferrokv_client::txn::{self, Txn};
+///
+/// // Create "lock" only if it does not exist yet.
+/// let txn = Txn::new()
+///     .when([txn::exists("lock", false)])
+///     .and_then([txn::put("lock", "owner-1")]);
+/// assert_eq!(txn.request().failure.len(), 0);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Txn {
+    request: TxnRequest,
+}
+
+impl Txn {
+    /// An empty transaction: no compares (so the success ops run), no ops.
+    pub fn new() -> Txn {
+        Txn::default()
+    }
+
+    /// Adds compares; all of them must hold for the `and_then` ops to run.
+    pub fn when(mut self, compares: impl IntoIterator<Item = Compare>) -> Txn {
+        self.request.compares.extend(compares);
+        self
+    }
+
+    /// Adds ops run when every compare holds.
+    pub fn and_then(mut self, ops: impl IntoIterator<Item = TxnOp>) -> Txn {
+        self.request.success.extend(ops);
+        self
+    }
+
+    /// Adds ops run when a compare does not hold.
+    pub fn or_else(mut self, ops: impl IntoIterator<Item = TxnOp>) -> Txn {
+        self.request.failure.extend(ops);
+        self
+    }
+
+    /// The wire request built so far.
+    pub fn request(&self) -> &TxnRequest {
+        &self.request
+    }
+}
+
+impl From<Txn> for TxnRequest {
+    fn from(txn: Txn) -> TxnRequest {
+        txn.request
+    }
+}
 
 pub use ferrokv_proto::v1::compare::Op as CompareOp;
 
@@ -130,6 +184,21 @@ mod tests {
             (c.target, c.op, c.exists),
             (Target::Exists as i32, 0, false)
         );
+    }
+
+    #[test]
+    fn builder_fills_the_three_lists_in_order() {
+        let request = TxnRequest::from(
+            Txn::new()
+                .when([exists("a", true)])
+                .when([version("a", CompareOp::Less, 3)])
+                .and_then([put("a", "1"), delete("b")])
+                .or_else([get("a")]),
+        );
+        assert_eq!(request.compares.len(), 2);
+        assert_eq!(request.success.len(), 2);
+        assert_eq!(request.failure, vec![get("a")]);
+        assert_eq!(request.session, None);
     }
 
     #[test]

@@ -143,6 +143,11 @@ fn raft_config(cfg: &NodeConfig) -> anyhow::Result<openraft::Config> {
 
 /// Runs a replica until `shutdown` resolves, then stops it gracefully.
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %cfg.data_dir.display(),
+        "starting ferrokv"
+    );
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let peer_listener = TcpListener::bind(cfg.listen_peer)

@@ -131,7 +131,7 @@ pub struct Node {
     pub log_path: PathBuf,
     /// `--initial-cluster` for an initial member; `None` for a node that joins later.
     pub initial_cluster: Option<String>,
-    child: Option<Child>,
+    child: Option<std::sync::Mutex<Child>>,
 }
 
 impl Node {
@@ -260,7 +260,7 @@ impl Cluster {
         if let Some(ic) = &node.initial_cluster {
             cmd.arg("--initial-cluster").arg(ic);
         }
-        node.child = Some(cmd.spawn().expect("spawn ferrokv"));
+        node.child = Some(std::sync::Mutex::new(cmd.spawn().expect("spawn ferrokv")));
     }
 
     /// Adds a replica that is not an initial member (empty data dir), and starts it. It
@@ -284,7 +284,8 @@ impl Cluster {
             .nodes
             .get_mut(&id)
             .unwrap_or_else(|| panic!("no node {id}"));
-        if let Some(mut c) = node.child.take() {
+        if let Some(c) = node.child.take() {
+            let mut c = c.into_inner().unwrap_or_else(|e| e.into_inner());
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -299,7 +300,9 @@ impl Cluster {
         let mut c = node
             .child
             .take()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
+            .unwrap_or_else(|| panic!("node {id} is not running"))
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         // SAFETY: signalling a child process this harness spawned and still owns.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         c.wait().expect("wait for ferrokv")

@@ -20,11 +20,12 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use ferrokv_client::{
-    Client, ClientConfig, Error, PutOptions, ReadOptions, ScanOptions, ScanRange,
+    AddLearnerRequest, Client, Error, PutOptions, ReadOptions, ScanOptions, ScanRange,
 };
 
 use cli::{
-    Cli, Command, EndpointCommand, GlobalArgs, MemberCommand, RequestCommand, ScanArgs, WriteOut,
+    Cli, Command, EndpointCommand, GlobalArgs, LeaderCommand, MemberCommand, RequestCommand,
+    ScanArgs, WriteOut,
 };
 
 /// Exit code: the key does not exist (get), or an endpoint failed (endpoint status/health).
@@ -174,7 +175,11 @@ async fn request(
                 None => read_stdin()?,
             };
             let options = PutOptions { prev_kv };
-            let response = client.put(key.into_encoded_bytes(), value, options).await?;
+            let size = value.len();
+            let response = client
+                .put(key.into_encoded_bytes(), value, options)
+                .await
+                .map_err(|err| explain_too_large(err, size))?;
             Ok(Outcome::ok(output::put(&response, mode)))
         }
         RequestCommand::Get { key, serializable } => {
@@ -206,8 +211,61 @@ async fn request(
             let response = client.member_list().await?;
             Ok(Outcome::ok(output::members(&response, mode)))
         }
-        RequestCommand::Endpoint(EndpointCommand::Status) => {
-            let statuses = client.status_all().await;
+        RequestCommand::Member(MemberCommand::Add {
+            id,
+            peer_addr,
+            client_addr,
+            name,
+            wait,
+        }) => {
+            let request = AddLearnerRequest {
+                id,
+                name,
+                peer_addr,
+                client_addr,
+                wait_caught_up: wait,
+            };
+            let response = client.member_add(request).await?;
+            Ok(Outcome::ok(output::member_change(
+                "added as a learner",
+                id,
+                response.header.as_ref(),
+                &response.members,
+                mode,
+            )))
+        }
+        RequestCommand::Member(MemberCommand::Promote { id }) => {
+            let response = client.member_promote(id).await?;
+            Ok(Outcome::ok(output::member_change(
+                "promoted to voter",
+                id,
+                response.header.as_ref(),
+                &response.members,
+                mode,
+            )))
+        }
+        RequestCommand::Member(MemberCommand::Remove { id }) => {
+            let response = client.member_remove(id).await?;
+            Ok(Outcome::ok(output::member_change(
+                "removed",
+                id,
+                response.header.as_ref(),
+                &response.members,
+                mode,
+            )))
+        }
+        RequestCommand::Leader(LeaderCommand::Transfer { id }) => {
+            let response = client.transfer_leader(id).await?;
+            Ok(Outcome::ok(output::leader_transfer(&response, mode)))
+        }
+        RequestCommand::Endpoint(EndpointCommand::Status { cluster }) => {
+            // As etcdctl: the given endpoints, or with --cluster every member's advertised
+            // address (which a client outside the cluster's network may not reach).
+            let statuses = if cluster {
+                client.status_members().await
+            } else {
+                client.status_all().await
+            };
             let failed = statuses.iter().filter(|s| s.status.is_err()).count();
             Ok(Outcome::with_failures(
                 output::statuses(&statuses, mode),
@@ -216,8 +274,12 @@ async fn request(
                 "failed",
             ))
         }
-        RequestCommand::Endpoint(EndpointCommand::Health) => {
-            let statuses = client.status_all().await;
+        RequestCommand::Endpoint(EndpointCommand::Health { cluster }) => {
+            let statuses = if cluster {
+                client.status_members().await
+            } else {
+                client.status_all().await
+            };
             let unhealthy = statuses
                 .iter()
                 .filter(|s| output::health(&s.status).is_err())
@@ -232,6 +294,19 @@ async fn request(
     }
 }
 
+/// The server refuses a request over its message limit before reading the value, so
+/// its message names the message limit, not the value limit a person set or must
+/// know: add both the value's size and the value limit's default.
+fn explain_too_large(err: Error, value_bytes: usize) -> Error {
+    match err {
+        Error::ResourceExhausted(message) => Error::ResourceExhausted(format!(
+            "{message} (the value is {value_bytes} bytes; values are limited to \
+             --max-value-bytes on the server, 1048576 bytes = 1 MiB by default)"
+        )),
+        other => other,
+    }
+}
+
 fn connect(global: &GlobalArgs) -> Result<Client, Failure> {
     let endpoints: Vec<&str> = global
         .endpoints
@@ -239,11 +314,15 @@ fn connect(global: &GlobalArgs) -> Result<Client, Failure> {
         .map(|e| e.trim())
         .filter(|e| !e.is_empty())
         .collect();
-    let config = ClientConfig {
-        dial_timeout: global.dial_timeout,
-        request_timeout: global.command_timeout,
-    };
-    Ok(Client::connect(endpoints, config)?)
+    // One command, one process: no background member-list refresh. Writes still go
+    // to the leader named in response headers, and `endpoint status|health` ask the
+    // member list themselves.
+    let client = Client::builder(endpoints)
+        .dial_timeout(global.dial_timeout)
+        .request_timeout(global.command_timeout)
+        .member_refresh_interval(None)
+        .connect()?;
+    Ok(client)
 }
 
 async fn scan(client: &Client, args: ScanArgs, mode: WriteOut) -> Result<Outcome, Failure> {
@@ -324,6 +403,10 @@ mod tests {
     fn exit_codes_by_failure() {
         assert_eq!(Failure::Client(Error::Ambiguous("x".into())).exit_code(), 4);
         assert_eq!(
+            Failure::Client(Error::SessionExpired("x".into())).exit_code(),
+            3
+        );
+        assert_eq!(
             Failure::Client(Error::Unavailable("x".into())).exit_code(),
             3
         );
@@ -334,6 +417,18 @@ mod tests {
         assert_eq!(Failure::Client(Error::NoEndpoints).exit_code(), 2);
         assert_eq!(Failure::Usage("x".into()).exit_code(), 2);
         assert_eq!(Failure::Io("x".into()).exit_code(), 3);
+    }
+
+    #[test]
+    fn an_oversized_put_names_the_value_limit() {
+        let err = explain_too_large(Error::ResourceExhausted("too large".into()), 2 << 20);
+        let message = err.to_string();
+        assert!(
+            message.contains("2097152 bytes") && message.contains("1048576"),
+            "{message}"
+        );
+        let other = explain_too_large(Error::Unavailable("x".into()), 1);
+        assert_eq!(other, Error::Unavailable("x".into()));
     }
 
     #[test]

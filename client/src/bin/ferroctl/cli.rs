@@ -14,8 +14,10 @@ Exit codes:
      endpoint status / health: an endpoint failed or is unhealthy
   2  usage error: bad flags, endpoints, durations or txn text
   3  the request failed: rejected by the server, no leader, timeout, unreachable
-  4  outcome unknown: a write (put, del, txn) may or may not have been applied;
-     read the key back before retrying it
+  4  outcome unknown: a write (put, del, txn, member add/promote/remove) may or
+     may not have been applied; read it back before retrying. Writes are resent
+     within a client session until decided, so this only happens when the
+     command timeout ran out first.
 
 Durations (--dial-timeout, --command-timeout): a number with a unit, ms, s or m
 (500ms, 5s, 1.5s, 2m); a bare number is seconds.";
@@ -121,7 +123,11 @@ pub enum RequestCommand {
     /// Cluster membership.
     #[command(subcommand)]
     Member(MemberCommand),
-    /// Per-endpoint status and health.
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
+    /// Status and health of every member (from the member list; the configured
+    /// endpoints when no member list can be had).
     #[command(subcommand)]
     Endpoint(EndpointCommand),
 }
@@ -154,14 +160,58 @@ pub struct ScanArgs {
 pub enum MemberCommand {
     /// List the members: ID, NAME, PEER ADDR, CLIENT ADDR, LEARNER.
     List,
+    /// Add a learner (a non-voting member that receives the log); then promote it.
+    Add {
+        /// The new member's Raft node id (never reused).
+        id: u64,
+        /// Its peer address, host:port, as the other members reach it.
+        #[arg(long, value_name = "H:P")]
+        peer_addr: String,
+        /// Its client address, host:port (the node publishes its own when omitted).
+        #[arg(long, value_name = "H:P", default_value = "")]
+        client_addr: String,
+        /// Its name in member lists.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Answer only once the learner has caught up with the leader's log.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove a member (voter or learner) from the cluster.
+    Remove {
+        /// The member's id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaderCommand {
+    /// Hand leadership to a voter and wait until it leads.
+    Transfer {
+        /// The voter's id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EndpointCommand {
     /// Each endpoint's own view: role, leader, term, log indexes, DB size, keys.
-    Status,
+    Status {
+        /// Ask every member of the cluster (from the member list), not only --endpoints.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Whether each endpoint answers and knows a leader.
-    Health,
+    Health {
+        /// Ask every member of the cluster (from the member list), not only --endpoints.
+        #[arg(long)]
+        cluster: bool,
+    },
 }
 
 #[cfg(test)]
@@ -203,6 +253,37 @@ mod tests {
         assert!(
             Cli::try_parse_from(["ferroctl", "scan", "--prefix", "a", "--limit", "0"]).is_err()
         );
+    }
+
+    #[test]
+    fn member_and_leader_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "ferroctl",
+            "member",
+            "add",
+            "4",
+            "--peer-addr",
+            "h:2380",
+            "--wait",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Request(RequestCommand::Member(MemberCommand::Add {
+                id: 4,
+                wait: true,
+                ..
+            }))
+        ));
+        assert!(
+            Cli::try_parse_from(["ferroctl", "member", "add", "4"]).is_err(),
+            "peer addr"
+        );
+        let cli = Cli::try_parse_from(["ferroctl", "leader", "transfer", "2"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Request(RequestCommand::Leader(LeaderCommand::Transfer { id: 2 }))
+        ));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use ferrokv_client::proto::txn_op_result;
 use ferrokv_client::{
-    DeleteResponse, EndpointStatus, Error, KeyValue, MemberListResponse, PutResponse,
-    ResponseHeader, StatusResponse, TxnResponse,
+    DeleteResponse, EndpointStatus, Error, KeyValue, Member, MemberListResponse, PutResponse,
+    ResponseHeader, StatusResponse, TransferLeaderResponse, TxnResponse,
 };
 
 use crate::cli::WriteOut;
@@ -273,6 +273,54 @@ pub fn members(response: &MemberListResponse, mode: WriteOut) -> Vec<u8> {
                     m.is_learner.to_string(),
                 ]);
             }
+            table_text(&table)
+        }
+    }
+}
+
+/// `member add|promote|remove`: what changed, then the members after the change.
+pub fn member_change(
+    action: &str,
+    id: u64,
+    header: Option<&ResponseHeader>,
+    members: &[Member],
+    mode: WriteOut,
+) -> Vec<u8> {
+    let list = MemberListResponse {
+        header: header.cloned(),
+        members: members.to_vec(),
+    };
+    match mode {
+        WriteOut::Simple | WriteOut::Table => {
+            let mut out = format!("Member {id} {action}\n").into_bytes();
+            out.extend(self::members(&list, mode));
+            out
+        }
+        WriteOut::Json => {
+            let mut value: Value =
+                serde_json::from_slice(&self::members(&list, mode)).unwrap_or(Value::Null);
+            value["action"] = Value::String(action.to_string());
+            value["id"] = json!(id);
+            json_line(&value)
+        }
+    }
+}
+
+/// `leader transfer`.
+pub fn leader_transfer(response: &TransferLeaderResponse, mode: WriteOut) -> Vec<u8> {
+    match mode {
+        WriteOut::Simple => {
+            format!("Leadership transferred to member {}\n", response.leader_id).into_bytes()
+        }
+        WriteOut::Json => json_line(&json!({
+            "header": header_json(response.header.as_ref()),
+            "leader_id": response.leader_id,
+        })),
+        WriteOut::Table => {
+            let mut table = Table::new();
+            table.set_header(vec!["LEADER", "TERM"]);
+            let term = response.header.as_ref().map_or(0, |h| h.raft_term);
+            table.add_row(vec![response.leader_id.to_string(), term.to_string()]);
             table_text(&table)
         }
     }
