@@ -67,10 +67,29 @@ pub fn binaries() -> &'static Binaries {
     })
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; collisions are unlikely but possible).
+/// A free TCP port on 127.0.0.1 for a replica to listen on. Taken below Linux's ephemeral
+/// range (32768 and up): a port from that range can meanwhile become the local port of some
+/// outgoing connection, and then the replica's listener fails with "address in use". Ports
+/// are never handed out twice in one test process.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(Mutex::default);
+    loop {
+        let port: u16 = 10_000 + (rand_u32() % 22_000) as u16;
+        let mut used = handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        if !used.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            used.insert(port);
+            return port;
+        }
+    }
+}
+
+/// A random number without a crate: the hash of a fresh RandomState (seeded per process).
+fn rand_u32() -> u32 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now()) as u32
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
@@ -193,6 +212,7 @@ impl Cluster {
             "members to publish their names and addresses",
             timeout,
             || async {
+                self.assert_alive();
                 let members = self.client().member_list().await.ok()?.members;
                 members
                     .iter()
@@ -254,6 +274,7 @@ impl Cluster {
             .arg("--log")
             .arg("info,openraft=info")
             .args(&opts.extra_args)
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
@@ -367,6 +388,7 @@ impl Cluster {
             "every running replica to agree on a running leader",
             timeout,
             || async {
+                self.assert_alive();
                 let mut leader = None;
                 for id in self.running() {
                     let s = self.status(id).await?;
@@ -452,7 +474,15 @@ impl Drop for Cluster {
                         .lines()
                         .map_while(Result::ok)
                         .collect();
-                    for l in lines.iter().skip(lines.len().saturating_sub(40)) {
+                    // The start explains a node that never came up; the end, one that broke.
+                    let head = lines.len().min(15);
+                    for l in &lines[..head] {
+                        eprintln!("{l}");
+                    }
+                    if lines.len() > head {
+                        eprintln!("...");
+                    }
+                    for l in lines.iter().skip(lines.len().saturating_sub(40).max(head)) {
                         eprintln!("{l}");
                     }
                 }

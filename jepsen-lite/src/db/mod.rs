@@ -138,15 +138,27 @@ pub fn slot_of(ip: IpAddr) -> Option<usize> {
     }
 }
 
-/// A free TCP port on `ip` (bound and released at once; the harness binds right after).
+/// A free TCP port on `ip` for a listener, taken below Linux's ephemeral range (32768 and
+/// up): a port from that range can meanwhile become the local port of an outgoing
+/// connection from the same IP, and the listener then fails with "address in use". Ports
+/// are never handed out twice in one process.
 pub fn free_port(ip: IpAddr) -> Result<u16, DbError> {
-    let listener = std::net::TcpListener::bind((ip, 0))
-        .map_err(DbError::io(format!("binding a free port on {ip}")))?;
-    let port = listener
-        .local_addr()
-        .map_err(DbError::io("reading a bound address"))?
-        .port();
-    Ok(port)
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::sync::OnceLock;
+    static HANDED_OUT: OnceLock<Mutex<HashSet<(IpAddr, u16)>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(Mutex::default);
+    for _ in 0..10_000 {
+        let port: u16 = rand::random_range(10_000..32_000);
+        let mut used = handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        if !used.contains(&(ip, port)) && std::net::TcpListener::bind((ip, port)).is_ok() {
+            used.insert((ip, port));
+            return Ok(port);
+        }
+    }
+    Err(DbError::io(format!("finding a free port on {ip}"))(
+        std::io::Error::other("no free port below 32000"),
+    ))
 }
 
 /// Polls `f` every `every` until it yields `Some`, or fails after `timeout`.
