@@ -381,6 +381,25 @@ impl Cluster {
         (s.state_hash, s.state_hash_revision)
     }
 
+    /// Panics, naming the node and its exit status, if a replica process that should be
+    /// running has exited: a crashed node explains a timeout better than the timeout does.
+    pub fn assert_alive(&self) {
+        for n in self.nodes.values() {
+            if let Some(c) = &n.child {
+                let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
+                if let Ok(Some(status)) = c.try_wait() {
+                    let log = std::fs::read_to_string(&n.log_path).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    panic!(
+                        "node {} exited unexpectedly ({status}); last log lines:\n{}",
+                        n.id,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+            }
+        }
+    }
+
     /// Waits until every running replica reports the same leader, which is running, and
     /// returns it.
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
