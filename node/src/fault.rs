@@ -130,8 +130,17 @@ pub async fn early_ack_write(
         reader: &replica.reader,
         overlay: BTreeMap::new(),
     };
-    let response = crate::storage::command::execute(&cmd, index, &mut view)
-        .map_err(|e| ForwardError::Failed(e.to_string()))?;
+    // Answer as the state machine will once the entry applies: a session's id is its log
+    // index, and a session write answers with its inner write.
+    use crate::storage::command::Command;
+    use crate::storage::command::CommandResponse;
+    use crate::storage::command::execute;
+    let failed = |e: std::io::Error| ForwardError::Failed(e.to_string());
+    let response = match &cmd {
+        Command::OpenSession { .. } => CommandResponse::SessionOpened { client_id: index },
+        Command::Session { cmd: inner, .. } => execute(inner, index, &mut view).map_err(failed)?,
+        other => execute(other, index, &mut view).map_err(failed)?,
+    };
     Ok(ForwardResponse::Write {
         log_index: index,
         response,
