@@ -1,11 +1,13 @@
 //! The command line: `jepsen-lite test ...` runs a test, `jepsen-lite check ...` re-checks
-//! a recorded history. Parsed once into [`crate::runner::TestOptions`].
+//! a recorded history, `jepsen-lite bench ...` measures ferrokv against etcd. Parsed once
+//! into [`crate::runner::TestOptions`] or [`crate::bench::BenchOptions`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::bench::{BenchOptions, BenchWorkload};
 use crate::db::DbKind;
 use crate::nemesis::plan::{NemesisKind, Timing};
 use crate::runner::TestOptions;
@@ -31,6 +33,8 @@ pub enum Command {
     Test(TestArgs),
     /// Check a recorded history.jsonl again (no cluster).
     Check(CheckArgs),
+    /// Measure ferrokv and etcd side by side: throughput, latency, CPU, RSS.
+    Bench(BenchArgs),
 }
 
 /// A fault the `ferrokv-faulty` build can be told to inject.
@@ -135,6 +139,84 @@ pub struct CheckArgs {
     pub checker_budget: u64,
 }
 
+/// `jepsen-lite bench`: for real numbers, point --bin-dir at release binaries.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Comma list of systems to measure, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ferrokv,etcd"
+    )]
+    pub db: Vec<DbKind>,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Comma list of put, get, get-serializable, txn, mixed.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "put")]
+    pub workload: Vec<BenchWorkload>,
+    /// Comma list of concurrent closed-loop client counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub clients: Vec<usize>,
+    /// Measured seconds per db x workload x clients.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Unmeasured seconds before each measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Size of the key space (preloaded for every workload but put).
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Directory for bench.json, bench.md, bench.svg.
+    #[arg(long, default_value = "jepsen-lite-bench")]
+    pub out: PathBuf,
+    /// Directory of the ferrokv binary (and etcd, if there); default next to this
+    /// executable, which is a debug build under `cargo build`: use release binaries for
+    /// numbers that mean anything.
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Build a missing ferrokv binary with cargo.
+    #[arg(long)]
+    pub build: bool,
+    /// Client request timeout in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// Raft heartbeat of both systems (etcd's default).
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Election timeout of both systems (etcd's default).
+    #[arg(long, default_value_t = 1000)]
+    pub election_ms: u64,
+    /// No progress bars even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl BenchArgs {
+    /// The benchmark's configuration.
+    pub fn options(&self) -> Result<BenchOptions, String> {
+        Ok(BenchOptions {
+            dbs: self.db.clone(),
+            nodes: self.nodes,
+            workloads: self.workload.clone(),
+            clients: self.clients.clone(),
+            duration: secs(self.duration, "duration")?,
+            warmup: secs(self.warmup, "warmup")?,
+            keys: self.keys,
+            value_size: self.value_size,
+            out: self.out.clone(),
+            bin_dir: self.bin_dir.clone(),
+            build: self.build,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            heartbeat_ms: self.heartbeat_ms,
+            election_ms: self.election_ms,
+            progress: !self.no_progress,
+        })
+    }
+}
+
 fn secs(s: f64, what: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s)
         .map_err(|_| format!("--{what} {s} is not a valid number of seconds"))
@@ -214,5 +296,36 @@ mod tests {
         assert_eq!(o.nemesis, vec![NemesisKind::Kill, NemesisKind::Partition]);
         assert_eq!(o.inject.as_deref(), Some("early-ack"));
         assert_eq!(o.min_rate, 5.0);
+    }
+
+    #[test]
+    fn the_bench_command_line_takes_comma_lists() {
+        let cli = Cli::try_parse_from([
+            "jepsen-lite",
+            "bench",
+            "--db",
+            "ferrokv,etcd",
+            "--workload",
+            "put,get-serializable",
+            "--clients",
+            "1,16,64,256",
+            "--duration",
+            "2.5",
+            "--value-size",
+            "100",
+        ])
+        .expect("parse");
+        let Command::Bench(args) = cli.command else {
+            panic!("expected bench");
+        };
+        let o = args.options().expect("options");
+        assert_eq!(o.dbs, vec![DbKind::Ferrokv, DbKind::Etcd]);
+        assert_eq!(
+            o.workloads,
+            vec![BenchWorkload::Put, BenchWorkload::GetSerializable]
+        );
+        assert_eq!(o.clients, vec![1, 16, 64, 256]);
+        assert_eq!(o.duration, Duration::from_millis(2500));
+        assert_eq!((o.keys, o.value_size), (1000, 100));
     }
 }

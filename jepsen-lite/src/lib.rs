@@ -17,6 +17,8 @@
 //! - [`checker`]: pure checkers — linearizability search, register, set, append.
 //! - [`analysis`]: from history to verdict, anomalies and achieved rates (pure).
 //! - [`report`]: results.json, summary.txt, timeline.html, logs.
+//! - [`bench`]: `jepsen-lite bench` — ferrokv and etcd side by side through the same
+//!   drivers and one closed-loop load generator; bench.json / bench.md / bench.svg.
 //! - `binaries`: finding (or building) `ferrokv`, `ferrokv-faulty` and `etcd`.
 //!
 //! A run flows: options → `Db::setup` → clients (one task each, bound to one replica,
@@ -25,6 +27,7 @@
 //! [`analysis`] → [`report`] → exit status.
 
 pub mod analysis;
+pub mod bench;
 mod binaries;
 pub mod checker;
 pub mod cli;

@@ -1,5 +1,5 @@
 //! `jepsen-lite`: the command-line shell over the library (exit 0 valid, 1 anomaly,
-//! 2 the run could not be done).
+//! 2 the run could not be done; `bench`: 0 done, 2 not).
 
 use std::process::ExitCode;
 
@@ -35,6 +35,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(outcome.exit_code() as u8)
         }
         Command::Check(args) => check(args),
+        Command::Bench(args) => {
+            let opts = args.options().map_err(anyhow::Error::msg)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let results = runtime.block_on(jepsen_lite::bench::run(&opts))?;
+            print!("{}", jepsen_lite::bench::report::text_table(&results));
+            println!("reports: {}", opts.out.display());
+            Ok(0)
+        }
     }
 }
 

@@ -1,0 +1,128 @@
+//! Per-replica resource use read from `/proc`: CPU seconds (utime + stime) and peak RSS
+//! (VmHWM). Parsing is pure; the readers around it are thin.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// From the text of `/proc/PID/stat`: (parent pid, utime + stime in clock ticks).
+///
+/// The command name (field 2) is in parentheses and may hold spaces or parentheses, so
+/// the fields are counted from the last `)`.
+pub(crate) fn parse_stat(text: &str) -> Option<(u32, u64)> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state (field 3), ppid (4), ..., utime (14), stime (15).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// From the text of `/proc/PID/status`: VmHWM (the peak resident set) in bytes.
+pub(crate) fn parse_vm_hwm(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The slot of a replica started with `--data-dir <cluster_dir>/n<slot>-data-<n>`, from
+/// its NUL-separated command line.
+pub(crate) fn slot_from_cmdline(cmdline: &[u8], cluster_dir: &Path) -> Option<usize> {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let i = args.iter().position(|a| *a == b"--data-dir")?;
+    let data_dir = Path::new(std::str::from_utf8(args.get(i + 1)?).ok()?);
+    if data_dir.parent()? != cluster_dir {
+        return None;
+    }
+    let name = data_dir.file_name()?.to_str()?;
+    name.strip_prefix('n')?.split_once("-data-")?.0.parse().ok()
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// The pids of this process's children that run a replica of the cluster in
+/// `cluster_dir`, by slot. The cluster drivers own the processes; this finds them
+/// without reaching into the drivers.
+pub(crate) fn replica_pids(cluster_dir: &Path) -> BTreeMap<usize, u32> {
+    let me = std::process::id();
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some((ppid, _)) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        else {
+            continue;
+        };
+        if ppid != me {
+            continue;
+        }
+        if let Some(slot) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|c| slot_from_cmdline(&c, cluster_dir))
+        {
+            out.insert(slot, pid);
+        }
+    }
+    out
+}
+
+/// CPU seconds (user + system) `pid` has used so far; `None` when it is gone.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, ticks) = parse_stat(&text)?;
+    Some(ticks as f64 / clock_ticks_per_sec())
+}
+
+/// Peak resident set of `pid` since it started, in bytes; `None` when it is gone.
+pub(crate) fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    parse_vm_hwm(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let text = "4242 (etcd (x) y) S 77 4242 4242 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 12 0";
+        assert_eq!(parse_stat(text), Some((77, 281)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let text = "Name:\tetcd\nVmPeak:\t  900 kB\nVmHWM:\t   51200 kB\nVmRSS:\t 40000 kB\n";
+        assert_eq!(parse_vm_hwm(text), Some(51200 * 1024));
+        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn a_replica_is_recognised_by_its_data_dir_under_the_cluster_dir() {
+        let dir = Path::new("/tmp/jl-bench-x");
+        let cmd = b"/bin/ferrokv\0--id\0\x32\0--data-dir\0/tmp/jl-bench-x/n2-data-0\0--log\0info\0";
+        assert_eq!(slot_from_cmdline(cmd, dir), Some(2));
+        let other = b"/bin/etcd\0--data-dir\0/tmp/other/n1-data-0\0";
+        assert_eq!(slot_from_cmdline(other, dir), None);
+        assert_eq!(slot_from_cmdline(b"/bin/sleep\x0030\0", dir), None);
+    }
+}
