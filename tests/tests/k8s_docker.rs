@@ -664,8 +664,9 @@ struct Writes {
     retries: u64,
 }
 
-/// Writes `prefix/000000`, `prefix/000001`, ... until `stop`, each put retried (it is
-/// idempotent: same key, same value) until acknowledged or a minute has passed.
+/// Writes `prefix/000000`, `prefix/000001`, ... until `stop`. The client retries each put
+/// within its session (exactly once); a put that still fails is retried here (same key,
+/// same value) and counted, until acknowledged or a minute has passed.
 async fn write_until(client: Client, prefix: &str, stop: Arc<AtomicBool>) -> Writes {
     let mut writes = Writes::default();
     let mut i = 0u64;
@@ -816,6 +817,12 @@ async fn rolling_restart_in_reverse_ordinal_order_loses_no_acknowledged_write() 
         writes.gave_up.is_empty(),
         "writes never acknowledged: {:?}",
         writes.gave_up
+    );
+    // The client retries a write whose outcome is unknown within its session (exactly
+    // once); across a graceful rolling restart no write may need more than that.
+    assert_eq!(
+        writes.retries, 0,
+        "writes failed despite the client's session retries"
     );
     assert!(writes.acked.len() > 10, "the writer made progress");
     assert_all_present(&sts, &writes.acked).await;
