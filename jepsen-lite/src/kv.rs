@@ -91,15 +91,17 @@ impl KvClient {
         timeout: Duration,
     ) -> Result<KvClient, KvError> {
         match kind {
-            DbKind::Ferrokv => ferrokv_client::Client::connect(
-                endpoints.to_vec(),
-                ClientConfig {
+            // No member discovery: a worker stays on the replica it is bound to, so a
+            // replica serving stale data shows it to its own workers.
+            DbKind::Ferrokv => ferrokv_client::Client::builder(endpoints.to_vec())
+                .config(ClientConfig {
                     dial_timeout: Duration::from_secs(1),
                     request_timeout: timeout,
-                },
-            )
-            .map(KvClient::Ferrokv)
-            .map_err(ferrokv_error),
+                })
+                .member_refresh_interval(None)
+                .connect()
+                .map(KvClient::Ferrokv)
+                .map_err(ferrokv_error),
             DbKind::Etcd => {
                 let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
                 etcd_client::Client::connect(
