@@ -83,6 +83,19 @@ fn is_connect_failure(s: &tonic::Status) -> bool {
     false
 }
 
+/// An etcd client over `endpoints` (host:port) with a 1 s dial timeout and `timeout` per
+/// request; shared by the workloads and the bench so both drive etcd the same way.
+pub(crate) async fn connect_etcd(
+    endpoints: &[String],
+    timeout: Duration,
+) -> Result<etcd_client::Client, etcd_client::Error> {
+    let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(timeout);
+    etcd_client::Client::connect(urls, Some(options)).await
+}
+
 impl KvClient {
     /// Connects to `endpoints` (`host:port`); `timeout` bounds each request.
     pub async fn connect(
@@ -102,20 +115,10 @@ impl KvClient {
                 .connect()
                 .map(KvClient::Ferrokv)
                 .map_err(ferrokv_error),
-            DbKind::Etcd => {
-                let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
-                etcd_client::Client::connect(
-                    urls,
-                    Some(
-                        etcd_client::ConnectOptions::new()
-                            .with_connect_timeout(Duration::from_secs(1))
-                            .with_timeout(timeout),
-                    ),
-                )
+            DbKind::Etcd => connect_etcd(endpoints, timeout)
                 .await
                 .map(|c| KvClient::Etcd(Box::new(c)))
-                .map_err(etcd_error)
-            }
+                .map_err(etcd_error),
         }
     }
 

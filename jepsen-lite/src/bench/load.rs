@@ -50,20 +50,10 @@ impl BenchClient {
                 .connect()
                 .map(BenchClient::Ferrokv)
                 .map_err(|e| BenchError::client("connect", e)),
-            DbKind::Etcd => {
-                let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
-                etcd_client::Client::connect(
-                    urls,
-                    Some(
-                        etcd_client::ConnectOptions::new()
-                            .with_connect_timeout(Duration::from_secs(1))
-                            .with_timeout(timeout),
-                    ),
-                )
+            DbKind::Etcd => crate::kv::connect_etcd(endpoints, timeout)
                 .await
                 .map(|c| BenchClient::Etcd(Box::new(c)))
-                .map_err(|e| BenchError::client("connect", e))
-            }
+                .map_err(|e| BenchError::client("connect", e)),
         }
     }
 
