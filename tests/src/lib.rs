@@ -34,30 +34,7 @@ pub struct Binaries {
 pub fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
     BINS.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("Cargo.toml");
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--workspace",
-                "--bins",
-                "--quiet",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .env("CARGO_TARGET_DIR", dir.parent().expect("target root"))
-            .status()
-            .expect("running cargo build for the binaries under test");
-        assert!(status.success(), "building ferrokv and ferroctl failed");
+        let dir = cargo_build(&["--workspace", "--bins"]);
         let bins = Binaries {
             ferrokv: dir.join("ferrokv"),
             ferroctl: dir.join("ferroctl"),
@@ -65,6 +42,49 @@ pub fn binaries() -> &'static Binaries {
         assert!(bins.ferrokv.exists(), "{} missing", bins.ferrokv.display());
         bins
     })
+}
+
+/// Builds `ferrokv-faulty` (the `fault-injection` build) once per test process and returns
+/// its path, for tests that must see a broken guarantee handled.
+pub fn faulty_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let args = [
+            "-p",
+            "ferrokv-node",
+            "--features",
+            "fault-injection",
+            "--bin",
+            "ferrokv-faulty",
+        ];
+        cargo_build(&args).join("ferrokv-faulty")
+    })
+}
+
+/// Runs `cargo build --quiet ARGS` for this workspace into the target dir this test binary
+/// was built into, and returns that profile's directory (where the binaries land).
+fn cargo_build(args: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("Cargo.toml");
+    let status = Command::new(cargo)
+        .args(["build", "--quiet"])
+        .args(args)
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", dir.parent().expect("target root"))
+        .status()
+        .expect("running cargo build for the binaries under test");
+    assert!(status.success(), "cargo build {args:?} failed");
+    dir
 }
 
 /// A free TCP port on 127.0.0.1 for a replica to listen on. Taken below Linux's ephemeral

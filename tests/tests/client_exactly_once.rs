@@ -4,46 +4,12 @@
 //! client must resend within its session, return the first result, and apply each write
 //! once.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use ferrokv_client::txn::{self, CompareOp, Txn};
 use ferrokv_client::{Client, ClientConfig, PutOptions, ReadOptions};
-use ferrokv_tests::{free_port, wait_until};
-
-/// Builds `ferrokv-faulty` once per test process (the harness builds only the default
-/// binaries) and returns its path.
-fn faulty_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "ferrokv-node",
-                "--features",
-                "fault-injection",
-            ])
-            .args(["--bin", "ferrokv-faulty", "--manifest-path"])
-            .arg(&manifest)
-            .env("CARGO_TARGET_DIR", dir.parent().expect("target root"))
-            .status()
-            .expect("running cargo build for ferrokv-faulty");
-        assert!(status.success(), "building ferrokv-faulty failed");
-        dir.join("ferrokv-faulty")
-    })
-}
+use ferrokv_tests::{faulty_binary, free_port, wait_until};
 
 /// Three `ferrokv-faulty` replicas on 127.0.0.1, killed when dropped (the harness's
 /// `Cluster` always runs the plain `ferrokv` binary).
