@@ -10,8 +10,10 @@ use std::time::Duration;
 use ferrokv_proto::v1::RaftMessage;
 use ferrokv_proto::v1::SnapshotPart;
 use ferrokv_proto::v1::raft_peer_client::RaftPeerClient;
+use openraft::EntryPayload;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
+use openraft::entry::RaftEntry;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
 use openraft::errors::ReplicationClosed;
@@ -29,6 +31,8 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
+use super::Entry;
+use super::LogId;
 use super::MemberInfo;
 use super::NodeId;
 use super::Snapshot;
@@ -39,6 +43,16 @@ use crate::storage::SnapshotFile;
 
 /// Bytes of snapshot data per gRPC message: bounded, so a large store never sits in memory.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Bytes of entries per AppendEntries message at most (one larger entry goes alone).
+/// openraft batches by entry count only, so 256 entries of large values could make one
+/// message of hundreds of MiB, which no per-message timeout would let through: a follower
+/// catching up would retry it for ever.
+pub const MAX_APPEND_BYTES: usize = 4 << 20;
+
+/// Time allowed per byte of an AppendEntries message on top of openraft's timeout (which
+/// is the heartbeat interval, meant for small messages): 1 s per 16 MiB.
+const APPEND_NANOS_PER_BYTE: u64 = 1_000_000_000 / (16 << 20);
 
 /// Lazily connected gRPC channels to peers, by peer address, shared by the Raft network and
 /// the forwarding paths (one HTTP/2 connection per peer, reused).
@@ -151,12 +165,27 @@ impl PeerNetwork {
         F: FnOnce(RaftPeerClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
+        self.call_with_timeout(req, option.soft_ttl(), f).await
+    }
+
+    async fn call_with_timeout<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        timeout: Duration,
+        f: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftPeerClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
         let payload = wire::encode(req).map_err(|s| rpc_error(self.target, s))?;
         let mut request = tonic::Request::new(RaftMessage {
             payload,
             target_id: self.target,
         });
-        request.set_timeout(option.soft_ttl());
+        request.set_timeout(timeout);
         let reply = f(self.client()?, request)
             .await
             .map_err(|s| rpc_error(self.target, s))?;
@@ -166,18 +195,111 @@ impl PeerNetwork {
     }
 }
 
+/// About how many bytes an entry takes on the wire.
+fn entry_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(cmd) => cmd.approx_bytes() + 32,
+        EntryPayload::Blank => 32,
+        // Membership entries list every member's addresses; a few hundred bytes each.
+        EntryPayload::Membership(m) => 32 + 256 * m.nodes().count(),
+    }
+}
+
+/// Splits one AppendEntries into consecutive ones of at most `max_bytes` of entries each
+/// (an entry larger than that alone), with each one's byte estimate. Each part's
+/// `prev_log_id` is the last entry of the part before, so every part is a valid
+/// AppendEntries on its own; a request without entries stays one part.
+fn split_append(
+    rpc: AppendEntriesRequest<TypeConfig>,
+    max_bytes: usize,
+) -> Vec<(AppendEntriesRequest<TypeConfig>, usize)> {
+    let AppendEntriesRequest {
+        vote,
+        prev_log_id,
+        leader_commit,
+        entries,
+    } = rpc;
+    // Runs of entries, each with its byte estimate.
+    let mut runs: Vec<(Vec<Entry>, usize)> = Vec::new();
+    for entry in entries {
+        let size = entry_bytes(&entry);
+        match runs.last_mut() {
+            Some((run, bytes)) if *bytes + size <= max_bytes => {
+                run.push(entry);
+                *bytes += size;
+            }
+            _ => runs.push((vec![entry], size)),
+        }
+    }
+    if runs.is_empty() {
+        runs.push((Vec::new(), 0));
+    }
+    let mut prev = prev_log_id;
+    runs.into_iter()
+        .map(|(entries, bytes)| {
+            let part_prev = prev;
+            prev = entries.last().map(|e| e.log_id()).or(prev);
+            let part = AppendEntriesRequest {
+                vote,
+                prev_log_id: part_prev,
+                leader_commit,
+                entries,
+            };
+            (part, bytes)
+        })
+        .collect()
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = SnapshotFile;
 
+    /// Sends the entries in messages of at most [`MAX_APPEND_BYTES`], in order. When a
+    /// later message fails after earlier ones were accepted, the answer is the partial
+    /// success so far, so the next attempt starts after it: progress is never lost.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, r| async move {
-            c.append_entries(r).await
-        })
-        .await
+        // The last log id the target is known to hold from the parts sent so far.
+        let mut matched: Option<LogId> = None;
+        for (part, bytes) in split_append(rpc, MAX_APPEND_BYTES) {
+            let last = part.entries.last().map(|e| e.log_id());
+            let timeout = option.soft_ttl()
+                + Duration::from_nanos(APPEND_NANOS_PER_BYTE.saturating_mul(bytes as u64));
+            let result = self
+                .call_with_timeout(&part, timeout, |mut c, r| async move {
+                    c.append_entries(r).await
+                })
+                .await;
+            let Some(so_far) = matched else {
+                // The first part: its answer is the answer.
+                match result? {
+                    AppendEntriesResponse::Success => {
+                        matched = last;
+                        continue;
+                    }
+                    other => return Ok(other),
+                }
+            };
+            match result {
+                Ok(AppendEntriesResponse::Success) => matched = last,
+                Ok(AppendEntriesResponse::HigherVote(v)) => {
+                    return Ok(AppendEntriesResponse::HigherVote(v));
+                }
+                Ok(AppendEntriesResponse::PartialSuccess(upto)) => {
+                    return Ok(AppendEntriesResponse::PartialSuccess(
+                        upto.max(Some(so_far)),
+                    ));
+                }
+                // A later part refused or lost after earlier ones matched: report what
+                // matched, so the next attempt starts after it.
+                Ok(AppendEntriesResponse::Conflict) | Err(_) => {
+                    return Ok(AppendEntriesResponse::PartialSuccess(Some(so_far)));
+                }
+            }
+        }
+        Ok(AppendEntriesResponse::Success)
     }
 
     async fn vote(
@@ -286,5 +408,75 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             wire::decode("snapshot reply", &reply.into_inner().payload)
                 .map_err(|s| net_err(s.to_string()))?;
         result.map_err(net_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::vote::RaftLeaderIdExt;
+
+    use crate::storage::command::{Command, PutOp};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(
+            <TypeConfig as openraft::RaftTypeConfig>::LeaderId::new_committed(2, 1),
+            index,
+        )
+    }
+
+    fn put(index: u64, value_bytes: usize) -> Entry {
+        Entry::new_normal(
+            log_id(index),
+            Command::Put(PutOp {
+                key: b"k".to_vec(),
+                value: vec![0; value_bytes],
+                prev_kv: false,
+            }),
+        )
+    }
+
+    fn request(entries: Vec<Entry>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(log_id(9)),
+            leader_commit: Some(log_id(8)),
+            entries,
+        }
+    }
+
+    #[test]
+    fn append_parts_chain_their_prev_log_ids_and_stay_under_the_byte_bound() {
+        // 10 entries of ~1000 bytes, 3000 bytes a part: parts of 2 (each entry is 1000 +
+        // per-item and per-entry overhead, so three do not fit).
+        let entries: Vec<Entry> = (10..20).map(|i| put(i, 1000)).collect();
+        let parts = split_append(request(entries), 3000);
+        assert_eq!(parts.len(), 5);
+        let mut prev = Some(log_id(9));
+        let mut next_index = 10;
+        for (part, bytes) in &parts {
+            assert_eq!(part.prev_log_id, prev, "each part follows the one before");
+            assert_eq!(part.leader_commit, Some(log_id(8)));
+            assert!(*bytes <= 3000, "{bytes}");
+            for e in &part.entries {
+                assert_eq!(e.index(), next_index, "entries keep their order");
+                next_index += 1;
+            }
+            prev = part.entries.last().map(|e| e.log_id());
+        }
+        assert_eq!(next_index, 20, "no entry lost or repeated");
+    }
+
+    #[test]
+    fn an_oversized_entry_goes_alone_and_a_heartbeat_stays_one_part() {
+        let parts = split_append(request(vec![put(10, 10), put(11, 5000), put(12, 10)]), 3000);
+        let sizes: Vec<usize> = parts.iter().map(|(p, _)| p.entries.len()).collect();
+        assert_eq!(sizes, vec![1, 1, 1]);
+        let parts = split_append(request(vec![put(10, 10), put(11, 10)]), 3000);
+        assert_eq!(parts.len(), 1);
+        let heartbeat = split_append(request(Vec::new()), 3000);
+        assert_eq!(heartbeat.len(), 1);
+        assert_eq!(heartbeat[0].0.prev_log_id, Some(log_id(9)));
+        assert!(heartbeat[0].0.entries.is_empty());
     }
 }

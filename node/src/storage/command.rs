@@ -108,6 +108,36 @@ pub enum Command {
 }
 
 impl Command {
+    /// About how many bytes the command takes on the wire: its keys and values plus a
+    /// little per item. Used to bound replication messages, so it need not be exact.
+    pub fn approx_bytes(&self) -> usize {
+        const PER_ITEM: usize = 16;
+        let op = |o: &TxnOp| match o {
+            TxnOp::Put(p) => p.key.len() + p.value.len() + PER_ITEM,
+            TxnOp::Delete(d) => d.key.len() + PER_ITEM,
+            TxnOp::Get { key } => key.len() + PER_ITEM,
+        };
+        match self {
+            Command::Put(p) => p.key.len() + p.value.len() + PER_ITEM,
+            Command::Delete(d) => d.key.len() + PER_ITEM,
+            Command::Txn(t) => {
+                let compares: usize = t
+                    .compares
+                    .iter()
+                    .map(|c| match &c.target {
+                        CompareTarget::Value(v) => c.key.len() + v.len() + PER_ITEM,
+                        _ => c.key.len() + PER_ITEM,
+                    })
+                    .sum();
+                compares + t.success.iter().chain(&t.failure).map(op).sum::<usize>()
+            }
+            Command::Session { cmd, .. } => cmd.approx_bytes() + PER_ITEM,
+            Command::InitCluster { .. } | Command::AllocateNodeId | Command::OpenSession { .. } => {
+                PER_ITEM
+            }
+        }
+    }
+
     /// Stamps the proposing leader's time into session commands (others carry no time).
     pub fn stamp_leader_time(&mut self, now_ms: u64) {
         match self {
