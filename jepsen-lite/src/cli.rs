@@ -1,13 +1,14 @@
 //! The command line: `jepsen-lite test ...` runs a test, `jepsen-lite check ...` re-checks
-//! a recorded history, `jepsen-lite bench ...` measures ferrokv against etcd. Parsed once
-//! into [`crate::runner::TestOptions`] or [`crate::bench::BenchOptions`].
+//! a recorded history, `jepsen-lite bench ...` and `jepsen-lite recovery ...` measure
+//! ferrokv against etcd. Parsed once into [`crate::runner::TestOptions`] or
+//! [`crate::bench::BenchOptions`] (+ [`crate::bench::RecoveryOptions`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::bench::{BenchOptions, BenchWorkload};
+use crate::bench::{BenchOptions, BenchWorkload, RecoveryOptions};
 use crate::db::DbKind;
 use crate::nemesis::plan::{NemesisKind, Timing};
 use crate::runner::TestOptions;
@@ -35,6 +36,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Measure ferrokv and etcd side by side: throughput, latency, CPU, RSS.
     Bench(BenchArgs),
+    /// Measure ferrokv and etcd side by side: restart of a replica holding the loaded
+    /// keys, catch-up of a replica whose volume was lost.
+    Recovery(RecoveryArgs),
 }
 
 /// A fault the `ferrokv-faulty` build can be told to inject.
@@ -139,9 +143,9 @@ pub struct CheckArgs {
     pub checker_budget: u64,
 }
 
-/// `jepsen-lite bench`: for real numbers, point --bin-dir at release binaries.
+/// What `bench` and `recovery` share: the systems, their clusters, where results go.
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub struct SideBySideArgs {
     /// Comma list of systems to measure, in order.
     #[arg(
         long,
@@ -152,24 +156,7 @@ pub struct BenchArgs {
     pub db: Vec<DbKind>,
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// Comma list of put, get, get-serializable, txn, mixed.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "put")]
-    pub workload: Vec<BenchWorkload>,
-    /// Comma list of concurrent closed-loop client counts.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
-    pub clients: Vec<usize>,
-    /// Measured seconds per db x workload x clients.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
-    /// Unmeasured seconds before each measurement.
-    #[arg(long, default_value_t = 2.0)]
-    pub warmup: f64,
-    /// Size of the key space (preloaded for every workload but put).
-    #[arg(long, default_value_t = 1000)]
-    pub keys: usize,
-    #[arg(long, default_value_t = 256)]
-    pub value_size: usize,
-    /// Directory for bench.json, bench.md, bench.svg.
+    /// Directory for the results.
     #[arg(long, default_value = "jepsen-lite-bench")]
     pub out: PathBuf,
     /// Directory of the ferrokv binary (and etcd, if there); default next to this
@@ -194,18 +181,64 @@ pub struct BenchArgs {
     pub no_progress: bool,
 }
 
-impl BenchArgs {
-    /// The benchmark's configuration.
-    pub fn options(&self) -> Result<BenchOptions, String> {
+/// `jepsen-lite bench`: for real numbers, point --bin-dir at release binaries.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub common: SideBySideArgs,
+    /// Comma list of put, get, get-serializable, txn, mixed.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "put")]
+    pub workload: Vec<BenchWorkload>,
+    /// Comma list of concurrent closed-loop client counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub clients: Vec<usize>,
+    /// Measured seconds per db x workload x clients.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Unmeasured seconds before each measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Size of the key space (preloaded for every workload but put).
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+}
+
+/// `jepsen-lite recovery`: restart and catch-up times, side by side.
+#[derive(Debug, Args)]
+pub struct RecoveryArgs {
+    #[command(flatten)]
+    pub common: SideBySideArgs,
+    /// Keys loaded before a follower is killed and restarted.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: usize,
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Bytes of values written before a follower's volume is wiped (on top of the keys).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub catchup_bytes: u64,
+    /// Value size of the catch-up data.
+    #[arg(long, default_value_t = 4096)]
+    pub catchup_value_size: usize,
+}
+
+impl SideBySideArgs {
+    fn options(
+        &self,
+        keys: usize,
+        value_size: usize,
+        load: Option<&BenchArgs>,
+    ) -> Result<BenchOptions, String> {
         Ok(BenchOptions {
             dbs: self.db.clone(),
             nodes: self.nodes,
-            workloads: self.workload.clone(),
-            clients: self.clients.clone(),
-            duration: secs(self.duration, "duration")?,
-            warmup: secs(self.warmup, "warmup")?,
-            keys: self.keys,
-            value_size: self.value_size,
+            workloads: load.map(|l| l.workload.clone()).unwrap_or_default(),
+            clients: load.map(|l| l.clients.clone()).unwrap_or_default(),
+            duration: secs(load.map_or(0.0, |l| l.duration), "duration")?,
+            warmup: secs(load.map_or(0.0, |l| l.warmup), "warmup")?,
+            keys,
+            value_size,
             out: self.out.clone(),
             bin_dir: self.bin_dir.clone(),
             build: self.build,
@@ -214,6 +247,26 @@ impl BenchArgs {
             election_ms: self.election_ms,
             progress: !self.no_progress,
         })
+    }
+}
+
+impl BenchArgs {
+    /// The benchmark's configuration.
+    pub fn options(&self) -> Result<BenchOptions, String> {
+        self.common.options(self.keys, self.value_size, Some(self))
+    }
+}
+
+impl RecoveryArgs {
+    /// The clusters' configuration and the recovery measurements'.
+    pub fn options(&self) -> Result<(BenchOptions, RecoveryOptions), String> {
+        Ok((
+            self.common.options(self.keys, self.value_size, None)?,
+            RecoveryOptions {
+                catchup_bytes: self.catchup_bytes,
+                catchup_value_size: self.catchup_value_size,
+            },
+        ))
     }
 }
 
@@ -327,5 +380,17 @@ mod tests {
         assert_eq!(o.clients, vec![1, 16, 64, 256]);
         assert_eq!(o.duration, Duration::from_millis(2500));
         assert_eq!((o.keys, o.value_size), (1000, 100));
+    }
+
+    #[test]
+    fn recovery_defaults_are_a_million_keys_and_a_gibibyte_to_catch_up() {
+        let cli = Cli::try_parse_from(["jepsen-lite", "recovery", "--db", "etcd"]).expect("parse");
+        let Command::Recovery(args) = cli.command else {
+            panic!("expected recovery");
+        };
+        let (o, r) = args.options().expect("options");
+        assert_eq!(o.dbs, vec![DbKind::Etcd]);
+        assert_eq!((o.keys, o.value_size), (1_000_000, 100));
+        assert_eq!((r.catchup_bytes, r.catchup_value_size), (1 << 30, 4096));
     }
 }

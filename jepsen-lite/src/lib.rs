@@ -28,7 +28,7 @@
 
 pub mod analysis;
 pub mod bench;
-mod binaries;
+pub mod binaries;
 pub mod checker;
 pub mod cli;
 pub mod db;

@@ -1,5 +1,5 @@
 //! `jepsen-lite`: the command-line shell over the library (exit 0 valid, 1 anomaly,
-//! 2 the run could not be done; `bench`: 0 done, 2 not).
+//! 2 the run could not be done; `bench` and `recovery`: 0 done, 2 not).
 
 use std::process::ExitCode;
 
@@ -40,6 +40,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let results = runtime.block_on(jepsen_lite::bench::run(&opts))?;
             print!("{}", jepsen_lite::bench::report::text_table(&results));
+            println!("reports: {}", opts.out.display());
+            Ok(0)
+        }
+        Command::Recovery(args) => {
+            let (opts, recovery) = args.options().map_err(anyhow::Error::msg)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let results = runtime.block_on(jepsen_lite::bench::run_recovery(&opts, &recovery))?;
+            print!("{}", jepsen_lite::bench::recovery::markdown(&results));
             println!("reports: {}", opts.out.display());
             Ok(0)
         }

@@ -16,6 +16,7 @@ use crate::analysis::{self, Anomaly};
 use crate::binaries;
 use crate::db::etcd::{EtcdDb, EtcdOptions, find_etcd};
 use crate::db::ferrokv::{FerrokvDb, FerrokvOptions};
+use crate::db::local::PeerLinks;
 use crate::db::{Db, DbError, DbKind};
 use crate::history::{self, Op, Outcome, Recorder};
 use crate::kv::KvClient;
@@ -119,26 +120,24 @@ pub async fn run(opts: TestOptions) -> Result<RunOutcome, RunError> {
                 dir,
                 heartbeat_ms: opts.heartbeat_ms,
                 election_ms: opts.election_ms,
+                links: PeerLinks::Proxied,
             })
             .await?;
             run_with(db, &opts).await
         }
         DbKind::Etcd => {
-            let binary = find_etcd(opts.bin_dir.as_deref()).ok_or_else(|| DbError::MissingBinary {
-                what: "etcd".into(),
-                path: PathBuf::from("etcd (on PATH)"),
-                hint: "install etcd 3.4 (Debian: apt-get install etcd-server) or put it in --bin-dir".into(),
-            })?;
             let db = EtcdDb::new(
                 EtcdOptions {
                     nodes: opts.nodes,
-                    binary,
+                    binary: find_etcd(opts.bin_dir.as_deref())?,
                     dir,
                     heartbeat_ms: opts.heartbeat_ms,
                     election_ms: opts.election_ms,
+                    links: PeerLinks::Proxied,
                 },
                 opts.seed,
-            )?;
+            )
+            .await?;
             run_with(db, &opts).await
         }
     }
@@ -156,17 +155,8 @@ fn validate(opts: &TestOptions) -> Result<(), RunError> {
             "--concurrency and --rate must be positive".into(),
         ));
     }
-    if opts.db == DbKind::Etcd {
-        if opts.inject.is_some() {
-            return Err(RunError::Options("--inject needs --db ferrokv".into()));
-        }
-        if opts.nemesis.contains(&NemesisKind::Partition) {
-            return Err(RunError::Db(DbError::Unsupported(
-                "--nemesis partition is unsupported for etcd: the harness's proxies identify a replica by \
-                 the source IP of its peer connections, and etcd cannot set one"
-                    .into(),
-            )));
-        }
+    if opts.db == DbKind::Etcd && opts.inject.is_some() {
+        return Err(RunError::Options("--inject needs --db ferrokv".into()));
     }
     Ok(())
 }

@@ -126,3 +126,55 @@ fn a_brief_side_by_side_bench_has_ratios() {
     assert_eq!(rows.len(), 4);
     assert_eq!(rows.iter().filter(|r| r["db"] == "etcd").count(), 2);
 }
+
+#[test]
+fn a_brief_recovery_run_restarts_and_re_adds_a_replica() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dbs = if etcd_on_path() {
+        "ferrokv,etcd"
+    } else {
+        "ferrokv"
+    };
+    let out = tempfile::tempdir().expect("out dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_jepsen-lite"))
+        .args([
+            "recovery",
+            "--db",
+            dbs,
+            "--keys",
+            "1000",
+            "--value-size",
+            "100",
+        ])
+        .args(["--catchup-bytes", "2000000", "--catchup-value-size", "1000"])
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("running jepsen-lite recovery");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "recovery failed ({:?}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json = std::fs::read_to_string(out.path().join("recovery.json")).expect("recovery.json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).expect("recovery.json parses");
+    assert_eq!(rows.len(), dbs.split(',').count());
+    for row in &rows {
+        for field in ["restart_secs", "catchup_secs", "load_secs"] {
+            assert!(
+                row[field].as_f64().is_some_and(|s| s > 0.0),
+                "{field}: {row}"
+            );
+        }
+        // 1000 keys of 100 B, then 2000 values of 1000 B.
+        assert_eq!(row["catchup_bytes"], 2_100_000, "{row}");
+        let rss = row["peak_rss_bytes"].as_array().expect("per-node array");
+        assert!(rss.iter().all(|b| b.as_u64().expect("bytes") > 0), "{row}");
+    }
+    let md = std::fs::read_to_string(out.path().join("recovery.md")).expect("recovery.md");
+    assert!(md.contains("| ferrokv | 1000 × 100 B |"), "{md}");
+}

@@ -36,7 +36,10 @@ async fn main() -> anyhow::Result<()> {
             let mut i = 0u64;
             while Instant::now() < end {
                 let key = format!("load/{c}/{i}");
-                match client.put(key, vec![b'x'; 100], PutOptions::default()).await {
+                match client
+                    .put(key, vec![b'x'; 100], PutOptions::default())
+                    .await
+                {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(_) => errors.fetch_add(1, Ordering::Relaxed),
                 };

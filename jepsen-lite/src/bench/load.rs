@@ -111,6 +111,29 @@ impl BenchClient {
         }
     }
 
+    /// Puts every key of `keys` with `value` in one transaction.
+    pub(crate) async fn put_all(
+        &mut self,
+        keys: impl Iterator<Item = String>,
+        value: &[u8],
+    ) -> Result<(), String> {
+        match self {
+            BenchClient::Ferrokv(c) => {
+                use ferrokv_client::txn;
+                let request = txn::Txn::new().and_then(keys.map(|k| txn::put(k, value.to_vec())));
+                c.txn(request).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            BenchClient::Etcd(c) => {
+                use etcd_client::{Txn, TxnOp};
+                let request = Txn::new().and_then(
+                    keys.map(|k| TxnOp::put(k, value.to_vec(), None))
+                        .collect::<Vec<_>>(),
+                );
+                c.txn(request).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+        }
+    }
+
     /// One operation of `workload` on a random key.
     async fn op(
         &mut self,

@@ -11,6 +11,7 @@
 pub mod load;
 pub mod plot;
 pub(crate) mod proc_stats;
+pub mod recovery;
 pub mod report;
 
 use std::io::IsTerminal;
@@ -20,11 +21,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use load::{BenchClient, Counters};
+pub use recovery::{RecoveryOptions, RecoveryResult};
 pub use report::BenchResult;
 
 use crate::binaries;
 use crate::db::etcd::{EtcdDb, EtcdOptions, find_etcd};
 use crate::db::ferrokv::{FerrokvDb, FerrokvOptions};
+use crate::db::local::PeerLinks;
 use crate::db::{Db, DbError, DbKind};
 
 /// What the benchmark clients do.
@@ -147,11 +150,66 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<BenchResult>, BenchError> {
     let mut results = Vec::new();
     for db in &opts.dbs {
         for workload in &opts.workloads {
-            results.extend(bench_fresh_cluster(opts, *db, *workload, &clients).await?);
+            let job = Job::Load {
+                workload: *workload,
+                clients: &clients,
+            };
+            if let Done::Load(rows) = on_fresh_cluster(opts, *db, job).await? {
+                results.extend(rows);
+            }
         }
     }
     write_outputs(opts, &results)?;
     Ok(results)
+}
+
+/// Runs the recovery measurements ([`recovery`]) for every db and writes
+/// `recovery.json` and `recovery.md` into `opts.out`.
+pub async fn run_recovery(
+    opts: &BenchOptions,
+    recovery: &RecoveryOptions,
+) -> Result<Vec<RecoveryResult>, BenchError> {
+    if opts.dbs.is_empty() {
+        return Err(BenchError::Options("--db must name at least one".into()));
+    }
+    if !(2..=9).contains(&opts.nodes) || opts.keys == 0 || recovery.catchup_value_size == 0 {
+        return Err(BenchError::Options(format!(
+            "recovery needs 2 to 9 --nodes (got {}), positive --keys and --catchup-value-size",
+            opts.nodes
+        )));
+    }
+    std::fs::create_dir_all(&opts.out)
+        .map_err(BenchError::io(format!("creating {}", opts.out.display())))?;
+    let mut results = Vec::new();
+    for db in &opts.dbs {
+        if let Done::Recovery(r) = on_fresh_cluster(opts, *db, Job::Recovery(recovery)).await? {
+            results.push(r);
+        }
+    }
+    let json_path = opts.out.join("recovery.json");
+    let json = serde_json::to_string_pretty(&results)
+        .map_err(|e| BenchError::io("encoding recovery.json")(std::io::Error::other(e)))?;
+    std::fs::write(&json_path, json)
+        .map_err(BenchError::io(format!("writing {}", json_path.display())))?;
+    let md_path = opts.out.join("recovery.md");
+    std::fs::write(&md_path, recovery::markdown(&results))
+        .map_err(BenchError::io(format!("writing {}", md_path.display())))?;
+    Ok(results)
+}
+
+/// What to do with a fresh cluster.
+enum Job<'a> {
+    /// A workload at every client count.
+    Load {
+        workload: BenchWorkload,
+        clients: &'a [usize],
+    },
+    Recovery(&'a RecoveryOptions),
+}
+
+enum Done {
+    Load(Vec<BenchResult>),
+    Recovery(RecoveryResult),
 }
 
 /// The line under `bench.md`'s title: what was run and how to read the ratios.
@@ -184,14 +242,13 @@ fn write_outputs(opts: &BenchOptions, results: &[BenchResult]) -> Result<(), Ben
     })
 }
 
-/// Starts a cluster of `db` in a fresh directory, benchmarks `workload` at every client
-/// count on it, and tears it down (also when the benchmark fails).
-async fn bench_fresh_cluster(
+/// Starts a cluster of `db` in a fresh directory, does `job` on it, and tears it down
+/// (also when the job fails).
+async fn on_fresh_cluster(
     opts: &BenchOptions,
     db: DbKind,
-    workload: BenchWorkload,
-    clients: &[usize],
-) -> Result<Vec<BenchResult>, BenchError> {
+    job: Job<'_>,
+) -> Result<Done, BenchError> {
     let work = tempfile::Builder::new()
         .prefix("jepsen-lite-bench-")
         .tempdir()
@@ -208,27 +265,25 @@ async fn bench_fresh_cluster(
                 dir: dir.clone(),
                 heartbeat_ms: opts.heartbeat_ms,
                 election_ms: opts.election_ms,
+                links: PeerLinks::Direct,
             })
             .await?;
-            with_cluster(cluster, &dir, opts, workload, clients).await
+            with_cluster(cluster, &dir, opts, job).await
         }
         DbKind::Etcd => {
-            let binary = find_etcd(opts.bin_dir.as_deref()).ok_or_else(|| DbError::MissingBinary {
-                what: "etcd".into(),
-                path: PathBuf::from("etcd (on PATH)"),
-                hint: "install etcd 3.4 (Debian: apt-get install etcd-server) or put it in --bin-dir".into(),
-            })?;
             let cluster = EtcdDb::new(
                 EtcdOptions {
                     nodes: opts.nodes,
-                    binary,
+                    binary: find_etcd(opts.bin_dir.as_deref())?,
                     dir: dir.clone(),
                     heartbeat_ms: opts.heartbeat_ms,
                     election_ms: opts.election_ms,
+                    links: PeerLinks::Direct,
                 },
                 1,
-            )?;
-            with_cluster(cluster, &dir, opts, workload, clients).await
+            )
+            .await?;
+            with_cluster(cluster, &dir, opts, job).await
         }
     }
 }
@@ -237,11 +292,19 @@ async fn with_cluster<D: Db>(
     mut cluster: D,
     dir: &Path,
     opts: &BenchOptions,
-    workload: BenchWorkload,
-    clients: &[usize],
-) -> Result<Vec<BenchResult>, BenchError> {
+    job: Job<'_>,
+) -> Result<Done, BenchError> {
     let result = match cluster.setup().await {
-        Ok(()) => bench_cluster(&cluster, dir, opts, workload, clients).await,
+        Ok(()) => match job {
+            Job::Load { workload, clients } => {
+                bench_cluster(&cluster, dir, opts, workload, clients)
+                    .await
+                    .map(Done::Load)
+            }
+            Job::Recovery(recovery) => recovery::measure(&mut cluster, dir, opts, recovery)
+                .await
+                .map(Done::Recovery),
+        },
         Err(e) => Err(e.into()),
     };
     cluster.teardown().await;
@@ -347,14 +410,7 @@ async fn bench_cluster<D: Db>(
                 }
             })
             .collect();
-        let peak_rss_bytes: Vec<u64> = slots
-            .iter()
-            .map(|s| {
-                pids.get(s)
-                    .and_then(|p| proc_stats::peak_rss_bytes(*p))
-                    .unwrap_or(0)
-            })
-            .collect();
+        let peak_rss_bytes = proc_stats::peak_rss_of(&pids, &slots);
         // Back in front, so the next (larger) count reuses these connections first.
         clients.splice(0..0, active);
 

@@ -98,6 +98,14 @@ pub(crate) fn peak_rss_bytes(pid: u32) -> Option<u64> {
     parse_vm_hwm(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
+/// Each slot's peak RSS in bytes, in `slots` order (0 for a replica not found).
+pub(crate) fn peak_rss_of(pids: &BTreeMap<usize, u32>, slots: &[usize]) -> Vec<u64> {
+    slots
+        .iter()
+        .map(|s| pids.get(s).and_then(|p| peak_rss_bytes(*p)).unwrap_or(0))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

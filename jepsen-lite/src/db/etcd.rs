@@ -1,20 +1,19 @@
 //! etcd 3.4 as a [`Db`]: the reference system. One `etcd` process per slot on its own
 //! loopback IP; membership through etcd's Cluster API (learner, then promote).
 //!
-//! Partitions are not supported: the proxies tell replicas apart by the source IP of
-//! their peer connections, and etcd cannot choose the source IP of outgoing connections
-//! (on loopback every connection comes from 127.0.0.1), so a proxy could not know which
-//! link a connection is. [`Db::partition`] says so and the run stops before it starts.
+//! Peer links run through the harness's proxies like ferrokv's: each member advertises
+//! its proxy's address as its peer URL. etcd cannot choose the source IP of its peer
+//! connections (they all come from 127.0.0.1), so the proxies tell members apart by the
+//! process that owns a connection ([`super::socket_owner`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, MemberAddOptions};
+use etcd_client::{Client, MemberAddOptions};
 
-use super::ferrokv::remove_dir;
-use super::process::NodeProcess;
-use super::{Db, DbError, DbKind, ReplicaHash, free_port, node_ip, wait_for};
+use super::local::{LocalCluster, PeerLinks, remove_dir};
+use super::{Db, DbError, DbKind, ReplicaHash, wait_for};
 use crate::nemesis::plan::Cuts;
 
 /// How to run an etcd cluster.
@@ -25,24 +24,21 @@ pub struct EtcdOptions {
     pub dir: PathBuf,
     pub heartbeat_ms: u64,
     pub election_ms: u64,
+    pub links: PeerLinks,
 }
 
-#[derive(Debug)]
-struct Node {
-    /// etcd member id; learned from the cluster (0 until known).
-    id: u64,
-    incarnation: u32,
-    client_port: u16,
-    peer_port: u16,
-    process: NodeProcess,
-    /// `--initial-cluster` to start with, and whether the cluster is `new`.
+/// How a slot's current incarnation starts: `--initial-cluster` and whether the cluster
+/// is `new` (formed by it) or `existing` (joined).
+#[derive(Debug, Clone)]
+struct Start {
     initial_cluster: String,
     new_cluster: bool,
 }
 
 pub struct EtcdDb {
     opts: EtcdOptions,
-    nodes: BTreeMap<usize, Node>,
+    cluster: LocalCluster,
+    starts: BTreeMap<usize, Start>,
     token: String,
 }
 
@@ -50,86 +46,71 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl EtcdDb {
-    pub fn new(opts: EtcdOptions, seed: u64) -> Result<EtcdDb, DbError> {
-        let mut nodes = BTreeMap::new();
-        for slot in 1..=opts.nodes {
-            let ip = node_ip(slot);
-            nodes.insert(
+    /// Allocates addresses and starts the proxies; nothing runs until [`Db::setup`].
+    pub async fn new(opts: EtcdOptions, seed: u64) -> Result<EtcdDb, DbError> {
+        let mut cluster = LocalCluster::new(opts.nodes, opts.dir.clone(), opts.links).await?;
+        for slot in cluster.slots() {
+            // Learned from the cluster once it runs (etcd derives ids itself).
+            cluster.replica_mut(slot)?.id = 0;
+        }
+        let mut db = EtcdDb {
+            opts,
+            cluster,
+            starts: BTreeMap::new(),
+            token: format!("jepsen-lite-{seed}-{}", std::process::id()),
+        };
+        let initial = db
+            .slots()
+            .iter()
+            .map(|slot| format!("{}={}", db.name(*slot), db.peer_url(*slot)))
+            .collect::<Vec<_>>()
+            .join(",");
+        for slot in db.slots() {
+            db.starts.insert(
                 slot,
-                Node {
-                    id: 0,
-                    incarnation: 0,
-                    client_port: free_port(ip)?,
-                    peer_port: free_port(ip)?,
-                    process: NodeProcess::new(
-                        format!("n{slot}"),
-                        opts.dir.join(format!("n{slot}.log")),
-                    ),
-                    initial_cluster: String::new(),
+                Start {
+                    initial_cluster: initial.clone(),
                     new_cluster: true,
                 },
             );
         }
-        let mut db = EtcdDb {
-            opts,
-            nodes,
-            token: format!("jepsen-lite-{seed}-{}", std::process::id()),
-        };
-        let initial = db
-            .nodes
-            .keys()
-            .map(|slot| format!("{}={}", db.name(*slot), db.peer_url(*slot)))
-            .collect::<Vec<_>>()
-            .join(",");
-        for node in db.nodes.values_mut() {
-            node.initial_cluster = initial.clone();
-        }
         Ok(db)
     }
 
-    fn node(&self, slot: usize) -> Result<&Node, DbError> {
-        self.nodes.get(&slot).ok_or(DbError::NoSuchSlot(slot))
-    }
-
-    fn node_mut(&mut self, slot: usize) -> Result<&mut Node, DbError> {
-        self.nodes.get_mut(&slot).ok_or(DbError::NoSuchSlot(slot))
-    }
-
     fn name(&self, slot: usize) -> String {
-        let inc = self.nodes.get(&slot).map_or(0, |n| n.incarnation);
+        let inc = self.cluster.replica(slot).map_or(0, |r| r.incarnation);
         format!("n{slot}-{inc}")
     }
 
+    /// The peer URL the slot's member advertises (its proxy, with proxied links).
     fn peer_url(&self, slot: usize) -> String {
-        let port = self.nodes.get(&slot).map_or(0, |n| n.peer_port);
-        format!("http://{}:{port}", node_ip(slot))
-    }
-
-    fn data_dir(&self, slot: usize) -> PathBuf {
-        let inc = self.nodes.get(&slot).map_or(0, |n| n.incarnation);
-        self.opts.dir.join(format!("n{slot}-data-{inc}"))
+        format!("http://{}", self.cluster.advertised_peer_addr(slot))
     }
 
     fn spawn(&mut self, slot: usize) -> Result<(), DbError> {
-        let node = self.node(slot)?;
+        let start = self
+            .starts
+            .get(&slot)
+            .cloned()
+            .ok_or(DbError::NoSuchSlot(slot))?;
         let client_url = format!("http://{}", self.client_endpoint(slot));
         let args: Vec<String> = vec![
             "--name".into(),
             self.name(slot),
             "--data-dir".into(),
-            self.data_dir(slot).display().to_string(),
+            self.cluster.data_dir(slot).display().to_string(),
             "--listen-client-urls".into(),
             client_url.clone(),
             "--advertise-client-urls".into(),
             client_url,
             "--listen-peer-urls".into(),
-            self.peer_url(slot),
+            format!("http://{}", self.cluster.listen_peer_addr(slot)),
             "--initial-advertise-peer-urls".into(),
             self.peer_url(slot),
             "--initial-cluster".into(),
-            node.initial_cluster.clone(),
+            start.initial_cluster,
             "--initial-cluster-state".into(),
-            if node.new_cluster { "new" } else { "existing" }.into(),
+            if start.new_cluster { "new" } else { "existing" }.into(),
             "--initial-cluster-token".into(),
             self.token.clone(),
             "--heartbeat-interval".into(),
@@ -140,12 +121,11 @@ impl EtcdDb {
             "zap".into(),
         ];
         let binary = self.opts.binary.clone();
-        self.node_mut(slot)?.process.spawn(&binary, &args)
+        self.cluster.spawn(slot, &binary, &args)
     }
 
     async fn client(&self, slot: usize) -> Option<Client> {
-        let node = self.nodes.get(&slot)?;
-        if !node.process.is_running() || node.process.is_paused() {
+        if !self.cluster.is_live(slot) {
             return None;
         }
         connect(&self.client_endpoint(slot), API_TIMEOUT).await.ok()
@@ -158,32 +138,16 @@ impl EtcdDb {
         op: &str,
         except: Option<usize>,
         timeout: Duration,
-        mut call: F,
+        call: F,
     ) -> Result<T, DbError>
     where
         F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last = String::from("no live member to ask");
-        loop {
-            for slot in self.slots() {
-                if Some(slot) == except {
-                    continue;
-                }
-                let Some(client) = self.client(slot).await else {
-                    continue;
-                };
-                match call(client).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) => last = format!("n{slot}: {e}"),
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(DbError::api(op, last));
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        let connect = |endpoint: String| async move { connect(&endpoint, API_TIMEOUT).await.ok() };
+        self.cluster
+            .call_any(op, except, timeout, connect, call)
+            .await
     }
 
     /// Learns the member id of every running replica from its own status.
@@ -191,9 +155,10 @@ impl EtcdDb {
         for slot in self.slots() {
             if let Some(mut c) = self.client(slot).await
                 && let Ok(s) = c.status().await
-                && let (Some(h), Some(n)) = (s.header(), self.nodes.get_mut(&slot))
+                && let Some(h) = s.header()
+                && let Ok(r) = self.cluster.replica_mut(slot)
             {
-                n.id = h.member_id();
+                r.id = h.member_id();
             }
         }
     }
@@ -224,19 +189,8 @@ impl EtcdDb {
     }
 }
 
-pub(crate) async fn connect(
-    endpoint: &str,
-    timeout: Duration,
-) -> Result<Client, etcd_client::Error> {
-    Client::connect(
-        [format!("http://{endpoint}")],
-        Some(
-            ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(1))
-                .with_timeout(timeout),
-        ),
-    )
-    .await
+async fn connect(endpoint: &str, timeout: Duration) -> Result<Client, etcd_client::Error> {
+    crate::kv::connect_etcd(&[endpoint.to_string()], timeout).await
 }
 
 impl Db for EtcdDb {
@@ -245,14 +199,11 @@ impl Db for EtcdDb {
     }
 
     fn slots(&self) -> Vec<usize> {
-        self.nodes.keys().copied().collect()
+        self.cluster.slots()
     }
 
     fn client_endpoint(&self, slot: usize) -> String {
-        match self.nodes.get(&slot) {
-            Some(n) => format!("{}:{}", node_ip(slot), n.client_port),
-            None => String::new(),
-        }
+        self.cluster.client_endpoint(slot)
     }
 
     async fn setup(&mut self) -> Result<(), DbError> {
@@ -282,40 +233,37 @@ impl Db for EtcdDb {
     }
 
     async fn kill(&mut self, slot: usize) -> Result<(), DbError> {
-        self.node_mut(slot)?.process.kill().await
+        self.cluster.kill(slot).await
     }
 
     fn pause(&mut self, slot: usize) -> Result<(), DbError> {
-        self.node_mut(slot)?.process.pause()
+        self.cluster.pause(slot)
     }
 
     fn resume(&mut self, slot: usize) -> Result<(), DbError> {
-        self.node_mut(slot)?.process.resume()
+        self.cluster.resume(slot)
     }
 
     async fn wipe(&mut self, slot: usize) -> Result<(), DbError> {
-        self.kill(slot).await?;
-        remove_dir(&self.data_dir(slot))
+        self.cluster.wipe(slot).await
     }
 
     async fn remove_member(&mut self, slot: usize) -> Result<(), DbError> {
-        let id = self.node(slot)?.id;
+        let id = self.cluster.replica(slot)?.id;
         self.remove_id(id, slot).await?;
         // A removed etcd member stops by itself; make sure.
-        self.node_mut(slot)?
-            .process
-            .terminate(Duration::from_secs(10))
+        self.cluster
+            .terminate(slot, Duration::from_secs(10))
             .await?;
-        remove_dir(&self.data_dir(slot))
+        remove_dir(&self.cluster.data_dir(slot))
     }
 
     async fn add_member(&mut self, slot: usize) -> Result<(), DbError> {
-        let old = self.node(slot)?.id;
-        self.node_mut(slot)?.process.kill().await?;
+        let old = self.cluster.replica(slot)?.id;
+        self.cluster.wipe(slot).await?;
         self.remove_id(old, slot).await?;
-        remove_dir(&self.data_dir(slot))?;
-        self.node_mut(slot)?.incarnation += 1;
-        remove_dir(&self.data_dir(slot))?;
+        self.cluster.replica_mut(slot)?.incarnation += 1;
+        remove_dir(&self.cluster.data_dir(slot))?;
 
         let peer_url = self.peer_url(slot);
         let added = self
@@ -351,12 +299,14 @@ impl Db for EtcdDb {
             })
             .collect::<Vec<_>>()
             .join(",");
-        {
-            let node = self.node_mut(slot)?;
-            node.id = new_id;
-            node.initial_cluster = initial;
-            node.new_cluster = false;
-        }
+        self.cluster.replica_mut(slot)?.id = new_id;
+        self.starts.insert(
+            slot,
+            Start {
+                initial_cluster: initial,
+                new_cluster: false,
+            },
+        );
         self.spawn(slot)?;
         // A learner can be promoted only once it has caught up with the leader.
         self.cluster_call(
@@ -388,13 +338,8 @@ impl Db for EtcdDb {
         ids.get(&leader).copied()
     }
 
-    fn partition(&mut self, _cuts: &Cuts) -> Result<(), DbError> {
-        Err(DbError::Unsupported(
-            "partitions are unsupported for etcd: the proxies identify a replica by the source IP \
-             of its peer connections, and etcd cannot set one (every loopback connection comes \
-             from 127.0.0.1); use kill, pause, wipe or member"
-                .into(),
-        ))
+    fn partition(&mut self, cuts: &Cuts) -> Result<(), DbError> {
+        self.cluster.partition(cuts)
     }
 
     async fn state_hashes(&self) -> Vec<ReplicaHash> {
@@ -405,7 +350,7 @@ impl Db for EtcdDb {
                 continue;
             };
             let Ok(s) = c.status().await else { continue };
-            let (Some(h), id) = (s.header(), self.nodes.get(&slot).map_or(0, |n| n.id)) else {
+            let (Some(h), id) = (s.header(), self.cluster.replica(slot).map_or(0, |r| r.id)) else {
                 continue;
             };
             clients.push((slot, id, h.revision(), c));
@@ -428,26 +373,30 @@ impl Db for EtcdDb {
     }
 
     fn log_files(&self) -> Vec<(String, PathBuf)> {
-        self.nodes
-            .values()
-            .map(|n| (n.process.name.clone(), n.process.log_path.clone()))
-            .collect()
+        self.cluster.log_files()
     }
 
     async fn teardown(&mut self) {
-        for node in self.nodes.values_mut() {
-            let _ = node.process.kill().await;
-        }
+        self.cluster.teardown().await;
     }
 }
 
 /// The `etcd` binary: `bin_dir/etcd`, else the first `etcd` on PATH.
-pub fn find_etcd(bin_dir: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = bin_dir.map(|d| d.join("etcd")).filter(|p| p.is_file()) {
-        return Some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+pub fn find_etcd(bin_dir: Option<&Path>) -> Result<PathBuf, DbError> {
+    let on_path = || {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|d| d.join("etcd"))
+            .find(|p| p.is_file())
+    };
+    bin_dir
         .map(|d| d.join("etcd"))
-        .find(|p| p.is_file())
+        .filter(|p| p.is_file())
+        .or_else(on_path)
+        .ok_or_else(|| DbError::MissingBinary {
+            what: "etcd".into(),
+            path: PathBuf::from("etcd (on PATH)"),
+            hint: "install etcd 3.4 (Debian: apt-get install etcd-server) or put it in --bin-dir"
+                .into(),
+        })
 }

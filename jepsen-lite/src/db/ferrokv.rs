@@ -1,9 +1,7 @@
 //! ferrokv as a [`Db`]: one `ferrokv` (or `ferrokv-faulty`) process per slot, every peer
 //! link through the harness's proxies, membership through the Cluster API.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferrokv_proto::v1::{
@@ -12,9 +10,8 @@ use ferrokv_proto::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 
-use super::process::NodeProcess;
-use super::proxy::Network;
-use super::{Db, DbError, DbKind, ReplicaHash, free_port, node_ip, proxy_ip, wait_for};
+use super::local::{LocalCluster, PeerLinks, remove_dir};
+use super::{Db, DbError, DbKind, ReplicaHash, node_ip, wait_for};
 use crate::nemesis::plan::Cuts;
 
 /// How to run a ferrokv cluster.
@@ -29,27 +26,16 @@ pub struct FerrokvOptions {
     pub dir: PathBuf,
     pub heartbeat_ms: u64,
     pub election_ms: u64,
-}
-
-#[derive(Debug)]
-struct Node {
-    /// Raft node id of the current incarnation (a wiped node comes back with a new one).
-    id: u64,
-    incarnation: u32,
-    client_port: u16,
-    peer_port: u16,
-    metrics_port: u16,
-    proxy_port: u16,
-    process: NodeProcess,
-    /// Whether this incarnation forms the cluster (`--initial-cluster`) or joins it.
-    initial: bool,
+    pub links: PeerLinks,
 }
 
 /// A ferrokv cluster of local processes.
 pub struct FerrokvDb {
     opts: FerrokvOptions,
-    nodes: BTreeMap<usize, Node>,
-    network: Network,
+    cluster: LocalCluster,
+    /// Slots whose current incarnation forms the cluster (`--initial-cluster`); the others
+    /// joined it as new members.
+    initial: Vec<usize>,
     next_id: u64,
 }
 
@@ -60,85 +46,44 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 impl FerrokvDb {
     /// Allocates addresses and starts the proxies; nothing runs until [`Db::setup`].
     pub async fn new(opts: FerrokvOptions) -> Result<FerrokvDb, DbError> {
-        let mut network = Network::new();
-        let mut nodes = BTreeMap::new();
-        for slot in 1..=opts.nodes {
-            let ip = node_ip(slot);
-            let node = Node {
-                id: slot as u64,
-                incarnation: 0,
-                client_port: free_port(ip)?,
-                peer_port: free_port(ip)?,
-                metrics_port: free_port(ip)?,
-                proxy_port: free_port(proxy_ip(slot))?,
-                process: NodeProcess::new(
-                    format!("n{slot}"),
-                    opts.dir.join(format!("n{slot}.log")),
-                ),
-                initial: true,
-            };
-            network
-                .add_route(
-                    slot,
-                    SocketAddr::new(proxy_ip(slot), node.proxy_port),
-                    SocketAddr::new(ip, node.peer_port),
-                )
-                .await?;
-            nodes.insert(slot, node);
-        }
+        let cluster = LocalCluster::new(opts.nodes, opts.dir.clone(), opts.links).await?;
         Ok(FerrokvDb {
             next_id: opts.nodes as u64 + 1,
+            initial: cluster.slots(),
             opts,
-            nodes,
-            network,
+            cluster,
         })
     }
 
-    fn node(&self, slot: usize) -> Result<&Node, DbError> {
-        self.nodes.get(&slot).ok_or(DbError::NoSuchSlot(slot))
-    }
-
-    fn node_mut(&mut self, slot: usize) -> Result<&mut Node, DbError> {
-        self.nodes.get_mut(&slot).ok_or(DbError::NoSuchSlot(slot))
-    }
-
-    fn data_dir(&self, slot: usize, incarnation: u32) -> PathBuf {
-        self.opts.dir.join(format!("n{slot}-data-{incarnation}"))
-    }
-
-    fn peer_addr(&self, slot: usize, node: &Node) -> String {
-        format!("{}:{}", proxy_ip(slot), node.proxy_port)
-    }
-
     fn initial_cluster(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|(slot, n)| format!("{}={}", n.id, self.peer_addr(*slot, n)))
+        self.cluster
+            .replicas()
+            .map(|(slot, r)| format!("{}={}", r.id, self.cluster.advertised_peer_addr(slot)))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     fn spawn(&mut self, slot: usize) -> Result<(), DbError> {
-        let initial_cluster = self.initial_cluster();
-        let node = self.node(slot)?;
+        let node = self.cluster.replica(slot)?;
         let ip = node_ip(slot);
+        let client = self.cluster.client_endpoint(slot);
         let mut args: Vec<String> = vec![
             "--id".into(),
             node.id.to_string(),
             "--name".into(),
             format!("n{slot}-{}", node.id),
             "--data-dir".into(),
-            self.data_dir(slot, node.incarnation).display().to_string(),
+            self.cluster.data_dir(slot).display().to_string(),
             "--listen-client".into(),
-            format!("{ip}:{}", node.client_port),
+            client.clone(),
             "--listen-peer".into(),
-            format!("{ip}:{}", node.peer_port),
+            self.cluster.listen_peer_addr(slot).to_string(),
             "--listen-metrics".into(),
             format!("{ip}:{}", node.metrics_port),
             "--advertise-client".into(),
-            format!("{ip}:{}", node.client_port),
+            client,
             "--advertise-peer".into(),
-            self.peer_addr(slot, node),
+            self.cluster.advertised_peer_addr(slot).to_string(),
             "--peer-source-ip".into(),
             ip.to_string(),
             "--heartbeat-interval-ms".into(),
@@ -148,24 +93,23 @@ impl FerrokvDb {
             "--log".into(),
             "info,openraft=warn".into(),
         ];
-        if node.initial {
+        if self.initial.contains(&slot) {
             args.push("--initial-cluster".into());
-            args.push(initial_cluster);
+            args.push(self.initial_cluster());
         }
         if let Some(fault) = &self.opts.fault {
             args.push("--fault".into());
             args.push(fault.clone());
         }
         let binary = self.opts.binary.clone();
-        self.node_mut(slot)?.process.spawn(&binary, &args)
+        self.cluster.spawn(slot, &binary, &args)
     }
 
     async fn status(&self, slot: usize, with_state_hash: bool) -> Option<StatusResponse> {
-        let node = self.node(slot).ok()?;
-        if !node.process.is_running() || node.process.is_paused() {
+        if !self.cluster.is_live(slot) {
             return None;
         }
-        let channel = channel(&self.client_endpoint(slot), API_TIMEOUT)
+        let channel = channel(&self.cluster.client_endpoint(slot), API_TIMEOUT)
             .await
             .ok()?;
         MaintenanceClient::new(channel)
@@ -188,28 +132,20 @@ impl FerrokvDb {
         F: FnMut(ClusterClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last = String::from("no live replica to ask");
-        loop {
-            for (slot, node) in &self.nodes {
-                if Some(*slot) == except || !node.process.is_running() || node.process.is_paused() {
-                    continue;
-                }
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let Ok(ch) = channel(&self.client_endpoint(*slot), left.max(API_TIMEOUT)).await
-                else {
-                    continue;
-                };
-                match call(ClusterClient::new(ch)).await {
-                    Ok(v) => return Ok(v),
-                    Err(status) => last = format!("n{slot}: {}", status.message()),
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(DbError::api(op, last));
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        let connect = |endpoint: String| async move {
+            channel(&endpoint, timeout.max(API_TIMEOUT))
+                .await
+                .ok()
+                .map(ClusterClient::new)
+        };
+        // A status's message says what went wrong; its Display adds codes and metadata.
+        let call = |client| {
+            let reply = call(client);
+            async move { reply.await.map_err(|s| s.message().to_string()) }
+        };
+        self.cluster
+            .call_any(op, except, timeout, connect, call)
+            .await
     }
 
     async fn members(&self) -> Result<Vec<u64>, DbError> {
@@ -258,14 +194,11 @@ impl Db for FerrokvDb {
     }
 
     fn slots(&self) -> Vec<usize> {
-        self.nodes.keys().copied().collect()
+        self.cluster.slots()
     }
 
     fn client_endpoint(&self, slot: usize) -> String {
-        match self.nodes.get(&slot) {
-            Some(n) => format!("{}:{}", node_ip(slot), n.client_port),
-            None => String::new(),
-        }
+        self.cluster.client_endpoint(slot)
     }
 
     async fn setup(&mut self) -> Result<(), DbError> {
@@ -316,58 +249,51 @@ impl Db for FerrokvDb {
     }
 
     async fn kill(&mut self, slot: usize) -> Result<(), DbError> {
-        self.node_mut(slot)?.process.kill().await
+        self.cluster.kill(slot).await
     }
 
     fn pause(&mut self, slot: usize) -> Result<(), DbError> {
-        self.node_mut(slot)?.process.pause()
+        self.cluster.pause(slot)
     }
 
     fn resume(&mut self, slot: usize) -> Result<(), DbError> {
-        self.node_mut(slot)?.process.resume()
+        self.cluster.resume(slot)
     }
 
     async fn wipe(&mut self, slot: usize) -> Result<(), DbError> {
-        self.kill(slot).await?;
-        let node = self.node(slot)?;
-        let dir = self.data_dir(slot, node.incarnation);
-        remove_dir(&dir)
+        self.cluster.wipe(slot).await
     }
 
     async fn remove_member(&mut self, slot: usize) -> Result<(), DbError> {
-        let id = self.node(slot)?.id;
+        let id = self.cluster.replica(slot)?.id;
         self.remove_id(id, slot).await?;
-        self.node_mut(slot)?
-            .process
-            .terminate(Duration::from_secs(10))
+        self.cluster
+            .terminate(slot, Duration::from_secs(10))
             .await?;
-        let node = self.node(slot)?;
-        remove_dir(&self.data_dir(slot, node.incarnation))
+        remove_dir(&self.cluster.data_dir(slot))
     }
 
     async fn add_member(&mut self, slot: usize) -> Result<(), DbError> {
         // The old incarnation goes first: its id must never come back, and while it is
         // a member, its address (now the new replica's) would answer for it.
-        let old = self.node(slot)?.id;
-        self.node_mut(slot)?.process.kill().await?;
+        let old = self.cluster.replica(slot)?.id;
+        self.cluster.kill(slot).await?;
         self.remove_id(old, slot).await?;
 
         let id = self.next_id;
         self.next_id += 1;
         {
-            let node = self.node_mut(slot)?;
+            let node = self.cluster.replica_mut(slot)?;
             node.id = id;
             node.incarnation += 1;
-            node.initial = false;
         }
-        let incarnation = self.node(slot)?.incarnation;
-        remove_dir(&self.data_dir(slot, incarnation))?;
+        self.initial.retain(|s| *s != slot);
+        remove_dir(&self.cluster.data_dir(slot))?;
         self.spawn(slot)?;
-        let node = self.node(slot)?;
         let request = AddLearnerRequest {
             id,
             name: format!("n{slot}-{id}"),
-            peer_addr: self.peer_addr(slot, node),
+            peer_addr: self.cluster.advertised_peer_addr(slot).to_string(),
             client_addr: self.client_endpoint(slot),
             wait_caught_up: true,
         };
@@ -402,15 +328,14 @@ impl Db for FerrokvDb {
             }
         }
         let (_, id) = best?;
-        self.nodes
-            .iter()
-            .find(|(_, n)| n.id == id && n.process.is_running())
-            .map(|(slot, _)| *slot)
+        self.cluster
+            .replicas()
+            .find(|(_, r)| r.id == id && r.process.is_running())
+            .map(|(slot, _)| slot)
     }
 
     fn partition(&mut self, cuts: &Cuts) -> Result<(), DbError> {
-        self.network.set_cuts(cuts);
-        Ok(())
+        self.cluster.partition(cuts)
     }
 
     async fn state_hashes(&self) -> Vec<ReplicaHash> {
@@ -429,27 +354,10 @@ impl Db for FerrokvDb {
     }
 
     fn log_files(&self) -> Vec<(String, PathBuf)> {
-        self.nodes
-            .values()
-            .map(|n| (n.process.name.clone(), n.process.log_path.clone()))
-            .collect()
+        self.cluster.log_files()
     }
 
     async fn teardown(&mut self) {
-        for node in self.nodes.values_mut() {
-            let _ = node.process.kill().await;
-        }
-        self.network.stop();
-    }
-}
-
-pub(crate) fn remove_dir(dir: &Path) -> Result<(), DbError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(DbError::Io {
-            what: format!("deleting {}", dir.display()),
-            source: e,
-        }),
+        self.cluster.teardown().await;
     }
 }

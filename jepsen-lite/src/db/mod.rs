@@ -1,5 +1,6 @@
 //! Clusters under test: the [`Db`] trait (start, stop, kill -9, pause, wipe, membership,
-//! logs) and its local-process implementations for ferrokv and etcd.
+//! logs) and its local-process implementations for ferrokv and etcd, whose peer links run
+//! through the harness's proxies ([`proxy`]) so that any of them can be cut.
 //!
 //! Every replica occupies a *slot* 1..=n: a loopback IP of its own (127.0.0.(10+slot))
 //! for its listeners and its outgoing peer connections, and a data dir. A slot keeps its
@@ -8,8 +9,10 @@
 
 pub mod etcd;
 pub mod ferrokv;
+pub mod local;
 pub mod process;
 pub mod proxy;
+pub mod socket_owner;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;

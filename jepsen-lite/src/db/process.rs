@@ -37,6 +37,11 @@ impl NodeProcess {
         self.paused
     }
 
+    /// The running child's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Starts `program args`, appending its output to the log file.
     pub fn spawn(&mut self, program: &Path, args: &[String]) -> Result<(), DbError> {
         if self.child.is_some() {

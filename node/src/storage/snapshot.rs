@@ -59,7 +59,10 @@ pub enum Record {
     /// The leader time client sessions expire by.
     LeaderTime(u64),
     /// A client session (exactly-once writes survive snapshot install).
-    Session { client_id: u64, session: super::command::ClientSession },
+    Session {
+        client_id: u64,
+        session: super::command::ClientSession,
+    },
     Kv {
         key: Vec<u8>,
         record: KeyRecord,
