@@ -185,10 +185,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow:
             .max_decoding_message_size(peer_max)
             .max_encoding_message_size(peer_max),
         )
-        .serve_with_incoming_shutdown(
-            no_delay(peer_listener),
-            wait_for(stop_peer_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(no_delay(peer_listener), wait_for(stop_peer_rx.clone()));
     let peer_task = tokio::spawn(peer_server);
     let channels = PeerChannels::new(peer_max, cfg.peer_source_ip);
 
@@ -273,10 +270,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow:
                 replica: replica.clone(),
             },
         ))
-        .serve_with_incoming_shutdown(
-            no_delay(client_listener),
-            wait_for(stop_client_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(no_delay(client_listener), wait_for(stop_client_rx.clone()));
     let client_task = tokio::spawn(client_server);
 
     let admin = api::metrics::router(replica.clone(), ready)?;

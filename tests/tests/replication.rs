@@ -337,3 +337,41 @@ async fn restarted_cluster_keeps_its_data_and_ignores_initial_cluster() {
     )
     .await;
 }
+
+/// A replica that took over an old member's address must never be counted as that member:
+/// peer messages name the node id they are for, and both append paths (the unary call
+/// heartbeats use, the stream replication uses) refuse messages for another id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_messages_for_another_node_id_are_refused_on_both_paths() {
+    use ferrokv_proto::v1::RaftMessage;
+    use ferrokv_proto::v1::raft_peer_client::RaftPeerClient;
+
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let node = &cluster.nodes[&1];
+    let mut peer = RaftPeerClient::connect(format!("http://{}", node.peer_addr()))
+        .await
+        .expect("peer connect");
+    let for_someone_else = RaftMessage {
+        payload: b"never decoded".to_vec().into(),
+        target_id: 99,
+    };
+
+    let unary = peer
+        .append_entries(for_someone_else.clone())
+        .await
+        .expect_err("unary append for node 99");
+    assert_eq!(unary.code(), tonic::Code::FailedPrecondition);
+    assert!(unary.message().contains("not node 99"), "{unary:?}");
+
+    let mut answers = peer
+        .stream_append(tokio_stream::iter(vec![for_someone_else]))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let refused = answers
+        .message()
+        .await
+        .expect_err("the first answer is the refusal");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("not node 99"), "{refused:?}");
+}

@@ -50,6 +50,7 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachine>;
 pub type LogId = alias::LogIdOf<TypeConfig>;
 pub type Vote = alias::VoteOf<TypeConfig>;
+pub type StreamAppendResult = openraft::raft::StreamAppendResult<TypeConfig>;
 pub type Entry = alias::EntryOf<TypeConfig>;
 pub type SnapshotMeta = alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = alias::SnapshotOf<TypeConfig, crate::storage::SnapshotFile>;

@@ -65,8 +65,59 @@ impl PeerService {
     }
 }
 
+/// The response stream of [`RaftPeer::stream_append`].
+type AppendResults =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
+    type StreamAppendStream = AppendResults;
+
+    /// Feeds the incoming AppendEntries to openraft's pipelined `stream_append` and sends
+    /// each result back as it comes, in order. A message that cannot be decoded, or is
+    /// meant for another node id, ends the stream with that error after the results of
+    /// the messages before it.
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let replica = self.replica()?.clone();
+        let id = replica.id;
+        let refused: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
+        let refused_in = refused.clone();
+        let requests = req.into_inner().map_while(move |message| {
+            let decoded = message.and_then(|m| {
+                if m.target_id != 0 && m.target_id != id {
+                    return Err(Status::failed_precondition(format!(
+                        "this replica is node {id}, not node {}",
+                        m.target_id
+                    )));
+                }
+                wire::decode("append entries", &m.payload)
+            });
+            match decoded {
+                Ok(rpc) => Some(rpc),
+                Err(status) => {
+                    *refused_in.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+                    None
+                }
+            }
+        });
+        let results = replica.raft.stream_append(requests).map(|result| {
+            let result: Result<crate::raft::StreamAppendResult, String> =
+                result.map_err(|fatal| fatal.to_string());
+            Ok(RaftMessage {
+                payload: wire::encode(&result)?,
+                target_id: 0,
+            })
+        });
+        let refusal = futures::stream::once(async move {
+            refused.lock().unwrap_or_else(|e| e.into_inner()).take()
+        })
+        .filter_map(|status| status.map(Err));
+        Ok(Response::new(Box::pin(results.chain(refusal))))
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
