@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::{BenchOptions, BenchWorkload, RecoveryOptions};
-use crate::db::DbKind;
+use crate::db::{DbKind, RaftSettings};
 use crate::nemesis::plan::{NemesisKind, Timing};
 use crate::runner::TestOptions;
 use crate::workload::WorkloadKind;
@@ -221,6 +221,11 @@ pub struct RecoveryArgs {
     /// Value size of the catch-up data.
     #[arg(long, default_value_t = 4096)]
     pub catchup_value_size: usize,
+    /// Log entries between snapshots, for both systems (ferrokv --snapshot-entries, etcd
+    /// --snapshot-count): low enough that the wiped replica catches up from a snapshot,
+    /// not from the log.
+    #[arg(long, default_value_t = 1000)]
+    pub snapshot_entries: u64,
 }
 
 impl SideBySideArgs {
@@ -229,6 +234,7 @@ impl SideBySideArgs {
         keys: usize,
         value_size: usize,
         load: Option<&BenchArgs>,
+        snapshot_entries: Option<u64>,
     ) -> Result<BenchOptions, String> {
         Ok(BenchOptions {
             dbs: self.db.clone(),
@@ -243,8 +249,11 @@ impl SideBySideArgs {
             bin_dir: self.bin_dir.clone(),
             build: self.build,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
-            heartbeat_ms: self.heartbeat_ms,
-            election_ms: self.election_ms,
+            raft: RaftSettings {
+                heartbeat_ms: self.heartbeat_ms,
+                election_ms: self.election_ms,
+                snapshot_entries,
+            },
             progress: !self.no_progress,
         })
     }
@@ -253,7 +262,8 @@ impl SideBySideArgs {
 impl BenchArgs {
     /// The benchmark's configuration.
     pub fn options(&self) -> Result<BenchOptions, String> {
-        self.common.options(self.keys, self.value_size, Some(self))
+        self.common
+            .options(self.keys, self.value_size, Some(self), None)
     }
 }
 
@@ -261,7 +271,12 @@ impl RecoveryArgs {
     /// The clusters' configuration and the recovery measurements'.
     pub fn options(&self) -> Result<(BenchOptions, RecoveryOptions), String> {
         Ok((
-            self.common.options(self.keys, self.value_size, None)?,
+            self.common.options(
+                self.keys,
+                self.value_size,
+                None,
+                Some(self.snapshot_entries),
+            )?,
             RecoveryOptions {
                 catchup_bytes: self.catchup_bytes,
                 catchup_value_size: self.catchup_value_size,
@@ -392,5 +407,6 @@ mod tests {
         assert_eq!(o.dbs, vec![DbKind::Etcd]);
         assert_eq!((o.keys, o.value_size), (1_000_000, 100));
         assert_eq!((r.catchup_bytes, r.catchup_value_size), (1 << 30, 4096));
+        assert_eq!(o.raft.snapshot_entries, Some(1000));
     }
 }

@@ -14,6 +14,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::analysis::{self, Anomaly};
 use crate::binaries;
+use crate::db::RaftSettings;
 use crate::db::etcd::{EtcdDb, EtcdOptions, find_etcd};
 use crate::db::ferrokv::{FerrokvDb, FerrokvOptions};
 use crate::db::local::PeerLinks;
@@ -59,6 +60,17 @@ pub struct TestOptions {
     pub election_ms: u64,
     /// Show a progress bar (only when stderr is a terminal).
     pub progress: bool,
+}
+
+impl TestOptions {
+    /// The replicas' Raft settings (snapshot thresholds are each system's default).
+    fn raft(&self) -> RaftSettings {
+        RaftSettings {
+            heartbeat_ms: self.heartbeat_ms,
+            election_ms: self.election_ms,
+            snapshot_entries: None,
+        }
+    }
 }
 
 /// Why a run could not be done (exit status 2).
@@ -118,8 +130,7 @@ pub async fn run(opts: TestOptions) -> Result<RunOutcome, RunError> {
                 binary,
                 fault: opts.inject.clone(),
                 dir,
-                heartbeat_ms: opts.heartbeat_ms,
-                election_ms: opts.election_ms,
+                raft: opts.raft(),
                 links: PeerLinks::Proxied,
             })
             .await?;
@@ -131,8 +142,7 @@ pub async fn run(opts: TestOptions) -> Result<RunOutcome, RunError> {
                     nodes: opts.nodes,
                     binary: find_etcd(opts.bin_dir.as_deref())?,
                     dir,
-                    heartbeat_ms: opts.heartbeat_ms,
-                    election_ms: opts.election_ms,
+                    raft: opts.raft(),
                     links: PeerLinks::Proxied,
                 },
                 opts.seed,

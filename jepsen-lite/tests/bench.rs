@@ -164,7 +164,7 @@ fn a_brief_recovery_run_restarts_and_re_adds_a_replica() {
     let rows: Vec<serde_json::Value> = serde_json::from_str(&json).expect("recovery.json parses");
     assert_eq!(rows.len(), dbs.split(',').count());
     for row in &rows {
-        for field in ["restart_secs", "catchup_secs", "load_secs"] {
+        for field in ["restart_secs", "promote_secs", "catchup_secs", "load_secs"] {
             assert!(
                 row[field].as_f64().is_some_and(|s| s > 0.0),
                 "{field}: {row}"

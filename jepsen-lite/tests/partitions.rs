@@ -7,12 +7,15 @@ use std::time::Duration;
 use jepsen_lite::db::etcd::{EtcdDb, EtcdOptions, find_etcd};
 use jepsen_lite::db::ferrokv::{FerrokvDb, FerrokvOptions};
 use jepsen_lite::db::local::PeerLinks;
-use jepsen_lite::db::{Db, wait_for};
+use jepsen_lite::db::{Db, RaftSettings, wait_for};
 use jepsen_lite::kv::KvClient;
 use jepsen_lite::nemesis::plan::{Cuts, split};
 
-const HEARTBEAT_MS: u64 = 100;
-const ELECTION_MS: u64 = 1000;
+const RAFT: RaftSettings = RaftSettings {
+    heartbeat_ms: 100,
+    election_ms: 1000,
+    snapshot_entries: None,
+};
 
 /// One cluster at a time: two would starve each other's elections on 2 cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -86,8 +89,7 @@ async fn etcd_isolated_leader_is_replaced_and_rejoins_after_healing() {
             nodes: 3,
             binary,
             dir: dir.path().to_path_buf(),
-            heartbeat_ms: HEARTBEAT_MS,
-            election_ms: ELECTION_MS,
+            raft: RAFT,
             links: PeerLinks::Proxied,
         },
         7,
@@ -122,8 +124,7 @@ async fn ferrokv(dir: &std::path::Path, links: PeerLinks) -> FerrokvDb {
             .expect("ferrokv binary"),
         fault: None,
         dir: dir.to_path_buf(),
-        heartbeat_ms: HEARTBEAT_MS,
-        election_ms: ELECTION_MS,
+        raft: RAFT,
         links,
     })
     .await

@@ -28,7 +28,7 @@ use crate::binaries;
 use crate::db::etcd::{EtcdDb, EtcdOptions, find_etcd};
 use crate::db::ferrokv::{FerrokvDb, FerrokvOptions};
 use crate::db::local::PeerLinks;
-use crate::db::{Db, DbError, DbKind};
+use crate::db::{Db, DbError, DbKind, RaftSettings};
 
 /// What the benchmark clients do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,8 +110,7 @@ pub struct BenchOptions {
     pub bin_dir: Option<PathBuf>,
     pub build: bool,
     pub request_timeout: Duration,
-    pub heartbeat_ms: u64,
-    pub election_ms: u64,
+    pub raft: RaftSettings,
     /// Progress bars (only ever drawn when stderr is a terminal).
     pub progress: bool,
 }
@@ -263,8 +262,7 @@ async fn on_fresh_cluster(
                 binary,
                 fault: None,
                 dir: dir.clone(),
-                heartbeat_ms: opts.heartbeat_ms,
-                election_ms: opts.election_ms,
+                raft: opts.raft,
                 links: PeerLinks::Direct,
             })
             .await?;
@@ -276,8 +274,7 @@ async fn on_fresh_cluster(
                     nodes: opts.nodes,
                     binary: find_etcd(opts.bin_dir.as_deref())?,
                     dir: dir.clone(),
-                    heartbeat_ms: opts.heartbeat_ms,
-                    election_ms: opts.election_ms,
+                    raft: opts.raft,
                     links: PeerLinks::Direct,
                 },
                 1,

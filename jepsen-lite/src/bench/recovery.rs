@@ -1,5 +1,5 @@
-//! `jepsen-lite bench --recovery`: how long a replica takes to come back, for ferrokv and
-//! etcd side by side on the same drivers.
+//! `jepsen-lite recovery`: how long a replica takes to come back, for ferrokv and etcd
+//! side by side on the same drivers.
 //!
 //! Per db, on one fresh cluster:
 //! 1. **load** `--keys` keys of `--value-size` bytes through transactions of
@@ -8,11 +8,12 @@
 //!    the start to the first linearizable Get that replica answers (it has reopened its
 //!    store, rejoined, and applied up to the read index);
 //! 3. **catch-up**: write `--catchup-bytes` more (in `--catchup-value-size` values), then
-//!    wipe a follower's volume and bring it back as a new member; the time from its start
-//!    to its promotion to voter, which either system allows only once it has caught up
-//!    (a snapshot transfer of everything, then the log).
+//!    wipe a follower's volume and bring it back as a new member (a snapshot transfer of
+//!    everything, then the log); the time from its start to its promotion to voter, and
+//!    to the first linearizable Get of the last key written that it answers itself.
 //!
-//! Each replica's peak RSS is read before the cluster is torn down.
+//! Then every replica's state hash must be equal (the new one holds everything), and
+//! each replica's peak RSS is read before the cluster is torn down.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -53,7 +54,9 @@ pub struct RecoveryResult {
     pub catchup_bytes: u64,
     /// Seconds to write the catch-up data.
     pub catchup_load_secs: f64,
-    /// A wiped follower's start as a new member → promoted to voter (caught up).
+    /// A wiped follower's start as a new member → promoted to voter.
+    pub promote_secs: f64,
+    /// The same start → the first linearizable Get of the last key it answers.
     pub catchup_secs: f64,
     /// Peak resident set of each replica at the end (slot order), bytes.
     pub peak_rss_bytes: Vec<u64>,
@@ -103,7 +106,11 @@ pub(crate) async fn measure<D: Db>(
     let started = Instant::now();
     // Starts the replica empty, as a learner, and returns once it is a voter.
     cluster.add_member(wiped).await?;
+    let promote_secs = started.elapsed().as_secs_f64();
+    let last_key = key(opts.keys + catchup_keys - 1);
+    serves_linearizable_read(db, &cluster.client_endpoint(wiped), &last_key, opts).await?;
     let catchup_secs = started.elapsed().as_secs_f64();
+    same_state_everywhere(cluster).await?;
 
     let pids = proc_stats::replica_pids(dir);
     let peak_rss_bytes = proc_stats::peak_rss_of(&pids, &cluster.slots());
@@ -115,9 +122,32 @@ pub(crate) async fn measure<D: Db>(
         restart_secs,
         catchup_bytes,
         catchup_load_secs,
+        promote_secs,
         catchup_secs,
         peak_rss_bytes,
     })
+}
+
+/// Every replica reports the same state hash at the same revision (retried while the
+/// replicas settle on one revision).
+async fn same_state_everywhere<D: Db>(cluster: &D) -> Result<(), BenchError> {
+    let n = cluster.slots().len();
+    let mut last = Vec::new();
+    for _ in 0..20 {
+        last = cluster.state_hashes().await;
+        let agree = last.len() == n
+            && last
+                .windows(2)
+                .all(|w| (w[0].revision, w[0].hash) == (w[1].revision, w[1].hash));
+        if agree {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(BenchError::client(
+        "comparing state hashes after the catch-up",
+        format!("replicas disagree: {last:?}"),
+    ))
 }
 
 /// A replica that is not the leader.
@@ -239,16 +269,17 @@ fn db_name(db: DbKind) -> &'static str {
 /// `recovery.md`: one row per db, and ferrokv/etcd ratios when both ran.
 pub fn markdown(results: &[RecoveryResult]) -> String {
     use std::fmt::Write as _;
-    let mut s = String::from("# jepsen-lite bench --recovery\n\n");
+    let mut s = String::from("# jepsen-lite recovery\n\n");
     let _ = writeln!(
         s,
         "Restart: kill -9 of a follower, then start → its first linearizable Get. Catch-up: a \
-         follower's volume wiped, the replica started empty as a new member → promoted to voter.\n"
+         follower's volume wiped, the replica started empty as a new member → promoted to \
+         voter, and → its first linearizable Get of the last key written.\n"
     );
     s.push_str(
-        "| db | keys | load s | restart s | catch-up data | catch-up s | peak RSS per replica |\n",
+        "| db | keys | load s | restart s | catch-up data | promoted s | catch-up s | peak RSS per replica |\n",
     );
-    s.push_str("|---|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---|\n");
     for r in results {
         let rss: Vec<String> = r
             .peak_rss_bytes
@@ -257,13 +288,14 @@ pub fn markdown(results: &[RecoveryResult]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} × {} B | {:.1} | {:.2} | {} MiB | {:.1} | {} |",
+            "| {} | {} × {} B | {:.1} | {:.2} | {} MiB | {:.1} | {:.1} | {} |",
             db_name(r.db),
             r.keys,
             r.value_size,
             r.load_secs,
             r.restart_secs,
             r.catchup_bytes >> 20,
+            r.promote_secs,
             r.catchup_secs,
             rss.join(", ")
         );
@@ -294,6 +326,7 @@ mod tests {
             restart_secs,
             catchup_bytes: 3 << 20,
             catchup_load_secs: 2.0,
+            promote_secs: catchup_secs / 2.0,
             catchup_secs,
             peak_rss_bytes: vec![64 << 20, 65 << 20, 66 << 20],
         }

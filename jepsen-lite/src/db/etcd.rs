@@ -13,7 +13,7 @@ use std::time::Duration;
 use etcd_client::{Client, MemberAddOptions};
 
 use super::local::{LocalCluster, PeerLinks, remove_dir};
-use super::{Db, DbError, DbKind, ReplicaHash, wait_for};
+use super::{Db, DbError, DbKind, RaftSettings, ReplicaHash, wait_for};
 use crate::nemesis::plan::Cuts;
 
 /// How to run an etcd cluster.
@@ -22,8 +22,7 @@ pub struct EtcdOptions {
     pub nodes: usize,
     pub binary: PathBuf,
     pub dir: PathBuf,
-    pub heartbeat_ms: u64,
-    pub election_ms: u64,
+    pub raft: RaftSettings,
     pub links: PeerLinks,
 }
 
@@ -94,7 +93,7 @@ impl EtcdDb {
             .cloned()
             .ok_or(DbError::NoSuchSlot(slot))?;
         let client_url = format!("http://{}", self.client_endpoint(slot));
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--name".into(),
             self.name(slot),
             "--data-dir".into(),
@@ -114,12 +113,16 @@ impl EtcdDb {
             "--initial-cluster-token".into(),
             self.token.clone(),
             "--heartbeat-interval".into(),
-            self.opts.heartbeat_ms.to_string(),
+            self.opts.raft.heartbeat_ms.to_string(),
             "--election-timeout".into(),
-            self.opts.election_ms.to_string(),
+            self.opts.raft.election_ms.to_string(),
             "--logger".into(),
             "zap".into(),
         ];
+        if let Some(entries) = self.opts.raft.snapshot_entries {
+            args.push("--snapshot-count".into());
+            args.push(entries.to_string());
+        }
         let binary = self.opts.binary.clone();
         self.cluster.spawn(slot, &binary, &args)
     }

@@ -11,7 +11,7 @@ use ferrokv_proto::v1::{
 use tonic::transport::{Channel, Endpoint};
 
 use super::local::{LocalCluster, PeerLinks, remove_dir};
-use super::{Db, DbError, DbKind, ReplicaHash, node_ip, wait_for};
+use super::{Db, DbError, DbKind, RaftSettings, ReplicaHash, node_ip, wait_for};
 use crate::nemesis::plan::Cuts;
 
 /// How to run a ferrokv cluster.
@@ -24,8 +24,7 @@ pub struct FerrokvOptions {
     pub fault: Option<String>,
     /// Where data dirs and logs go.
     pub dir: PathBuf,
-    pub heartbeat_ms: u64,
-    pub election_ms: u64,
+    pub raft: RaftSettings,
     pub links: PeerLinks,
 }
 
@@ -87,15 +86,19 @@ impl FerrokvDb {
             "--peer-source-ip".into(),
             ip.to_string(),
             "--heartbeat-interval-ms".into(),
-            self.opts.heartbeat_ms.to_string(),
+            self.opts.raft.heartbeat_ms.to_string(),
             "--election-timeout-ms".into(),
-            self.opts.election_ms.to_string(),
+            self.opts.raft.election_ms.to_string(),
             "--log".into(),
             "info,openraft=warn".into(),
         ];
         if self.initial.contains(&slot) {
             args.push("--initial-cluster".into());
             args.push(self.initial_cluster());
+        }
+        if let Some(entries) = self.opts.raft.snapshot_entries {
+            args.push("--snapshot-entries".into());
+            args.push(entries.to_string());
         }
         if let Some(fault) = &self.opts.fault {
             args.push("--fault".into());

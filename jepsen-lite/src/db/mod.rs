@@ -69,6 +69,16 @@ pub struct ReplicaHash {
     pub hash: u64,
 }
 
+/// Raft settings both systems take, so a comparison runs them alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+    /// Log entries between snapshots; `None`: the system's default (ferrokv 10,000,
+    /// etcd 100,000).
+    pub snapshot_entries: Option<u64>,
+}
+
 /// Which system a cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -379,8 +379,9 @@ impl StateMachine {
     }
 
     /// Loads a snapshot file into the key space. Crash-safe: the first batch clears the key
-    /// space and `last_applied`, the last one sets `last_applied`; a crash in between leaves
-    /// this replica behind its durable current snapshot, and openraft installs it again on start.
+    /// space and `last_applied`, the bulk is flushed to SST files, and only then the last
+    /// batch sets `last_applied` (synced); a crash in between leaves this replica behind its
+    /// durable current snapshot, and openraft installs it again on start.
     fn load_snapshot(&self, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), io::Error> {
         let kv = cf(&self.db, CF_KV)?;
         let sm_meta = cf(&self.db, CF_SM_META)?;
@@ -409,6 +410,11 @@ impl StateMachine {
         batch.delete_range_cf(sm_meta, SESSION_PREFIX, b"session0");
         self.db.write(batch).map_err(io_err)?;
 
+        // The bulk is written without the WAL (half the writes) and made durable by the
+        // flush below, before the last batch sets last_applied; a crash before that leaves
+        // last_applied unset and the snapshot is installed again.
+        let mut bulk = WriteOptions::default();
+        bulk.disable_wal(true);
         let mut batch = WriteBatch::default();
         while let Some(record) = reader.next_record()? {
             match record {
@@ -422,9 +428,17 @@ impl StateMachine {
                 Record::Meta(_) | Record::End { .. } => {}
             }
             if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
-                self.db.write(std::mem::take(&mut batch)).map_err(io_err)?;
+                self.db
+                    .write_opt(std::mem::take(&mut batch), &bulk)
+                    .map_err(io_err)?;
             }
         }
+        self.db
+            .write_opt(std::mem::take(&mut batch), &bulk)
+            .map_err(io_err)?;
+        self.db
+            .flush_cfs_opt(&[kv, sm_meta], &rocksdb::FlushOptions::default())
+            .map_err(io_err)?;
         if let Some(last) = &meta.last_log_id {
             batch.put_cf(sm_meta, KEY_LAST_APPLIED, encode(last)?);
         }
@@ -721,8 +735,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let dir = self.snapshot_dir.clone();
         // Keep our own durable copy first, so a crash during loading can install it again.
+        // A file received into our snapshot dir (its `incoming` subdir, fsynced by the peer
+        // service) is moved rather than copied: a rename on the same volume, not a second
+        // write of the whole state.
         let own = if snapshot.path.parent() == Some(dir.as_path()) {
             snapshot.path.clone()
+        } else if let Some(from) = snapshot.path.parent().filter(|p| p.starts_with(&dir)) {
+            let tmp = tmp_path(&dir, "install");
+            std::fs::rename(&snapshot.path, &tmp)?;
+            super::sync_dir(from)?;
+            super::sync_dir(&dir)?;
+            tmp
         } else {
             let tmp = tmp_path(&dir, "install");
             let mut src = snapshot.file.try_clone()?;
