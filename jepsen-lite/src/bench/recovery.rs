@@ -340,7 +340,7 @@ mod tests {
         ]);
         assert!(
             md.contains(
-                "| ferrokv | 1000 × 100 B | 1.0 | 0.50 | 3 MiB | 3.0 | 64 MiB, 65 MiB, 66 MiB |"
+                "| ferrokv | 1000 × 100 B | 1.0 | 0.50 | 3 MiB | 1.5 | 3.0 | 64 MiB, 65 MiB, 66 MiB |"
             ),
             "{md}"
         );
