@@ -15,7 +15,7 @@ pub mod recovery;
 pub mod report;
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -266,7 +266,7 @@ async fn on_fresh_cluster(
                 links: PeerLinks::Direct,
             })
             .await?;
-            with_cluster(cluster, &dir, opts, job).await
+            with_cluster(cluster, opts, job).await
         }
         DbKind::Etcd => {
             let cluster = EtcdDb::new(
@@ -280,25 +280,22 @@ async fn on_fresh_cluster(
                 1,
             )
             .await?;
-            with_cluster(cluster, &dir, opts, job).await
+            with_cluster(cluster, opts, job).await
         }
     }
 }
 
 async fn with_cluster<D: Db>(
     mut cluster: D,
-    dir: &Path,
     opts: &BenchOptions,
     job: Job<'_>,
 ) -> Result<Done, BenchError> {
     let result = match cluster.setup().await {
         Ok(()) => match job {
-            Job::Load { workload, clients } => {
-                bench_cluster(&cluster, dir, opts, workload, clients)
-                    .await
-                    .map(Done::Load)
-            }
-            Job::Recovery(recovery) => recovery::measure(&mut cluster, dir, opts, recovery)
+            Job::Load { workload, clients } => bench_cluster(&cluster, opts, workload, clients)
+                .await
+                .map(Done::Load),
+            Job::Recovery(recovery) => recovery::measure(&mut cluster, opts, recovery)
                 .await
                 .map(Done::Recovery),
         },
@@ -327,7 +324,6 @@ fn cluster_name<D: Db>(cluster: &D) -> &'static str {
 
 async fn bench_cluster<D: Db>(
     cluster: &D,
-    dir: &Path,
     opts: &BenchOptions,
     workload: BenchWorkload,
     client_counts: &[usize],
@@ -335,7 +331,7 @@ async fn bench_cluster<D: Db>(
     let db = cluster.kind();
     let name = cluster_name(cluster);
     let slots = cluster.slots();
-    let pids = proc_stats::replica_pids(dir);
+    let pids = cluster.pids();
     if pids.len() != slots.len() {
         tracing::warn!(
             found = pids.len(),

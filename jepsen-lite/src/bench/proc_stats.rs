@@ -2,7 +2,6 @@
 //! (VmHWM). Parsing is pure; the readers around it are thin.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// From the text of `/proc/PID/stat`: (parent pid, utime + stime in clock ticks).
 ///
@@ -30,60 +29,10 @@ pub(crate) fn parse_vm_hwm(text: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The slot of a replica started with `--data-dir <cluster_dir>/n<slot>-data-<n>`, from
-/// its NUL-separated command line.
-pub(crate) fn slot_from_cmdline(cmdline: &[u8], cluster_dir: &Path) -> Option<usize> {
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let i = args.iter().position(|a| *a == b"--data-dir")?;
-    let data_dir = Path::new(std::str::from_utf8(args.get(i + 1)?).ok()?);
-    if data_dir.parent()? != cluster_dir {
-        return None;
-    }
-    let name = data_dir.file_name()?.to_str()?;
-    name.strip_prefix('n')?.split_once("-data-")?.0.parse().ok()
-}
-
 fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }
-}
-
-/// The pids of this process's children that run a replica of the cluster in
-/// `cluster_dir`, by slot. The cluster drivers own the processes; this finds them
-/// without reaching into the drivers.
-pub(crate) fn replica_pids(cluster_dir: &Path) -> BTreeMap<usize, u32> {
-    let me = std::process::id();
-    let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Some((ppid, _)) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .as_deref()
-            .and_then(parse_stat)
-        else {
-            continue;
-        };
-        if ppid != me {
-            continue;
-        }
-        if let Some(slot) = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .ok()
-            .and_then(|c| slot_from_cmdline(&c, cluster_dir))
-        {
-            out.insert(slot, pid);
-        }
-    }
-    out
 }
 
 /// CPU seconds (user + system) `pid` has used so far; `None` when it is gone.
@@ -122,15 +71,5 @@ mod tests {
         let text = "Name:\tetcd\nVmPeak:\t  900 kB\nVmHWM:\t   51200 kB\nVmRSS:\t 40000 kB\n";
         assert_eq!(parse_vm_hwm(text), Some(51200 * 1024));
         assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
-    }
-
-    #[test]
-    fn a_replica_is_recognised_by_its_data_dir_under_the_cluster_dir() {
-        let dir = Path::new("/tmp/jl-bench-x");
-        let cmd = b"/bin/ferrokv\0--id\0\x32\0--data-dir\0/tmp/jl-bench-x/n2-data-0\0--log\0info\0";
-        assert_eq!(slot_from_cmdline(cmd, dir), Some(2));
-        let other = b"/bin/etcd\0--data-dir\0/tmp/other/n1-data-0\0";
-        assert_eq!(slot_from_cmdline(other, dir), None);
-        assert_eq!(slot_from_cmdline(b"/bin/sleep\x0030\0", dir), None);
     }
 }

@@ -65,7 +65,6 @@ pub struct RecoveryResult {
 /// Loads, restarts and re-adds on `cluster` (already set up).
 pub(crate) async fn measure<D: Db>(
     cluster: &mut D,
-    dir: &std::path::Path,
     opts: &BenchOptions,
     recovery: &RecoveryOptions,
 ) -> Result<RecoveryResult, BenchError> {
@@ -112,7 +111,7 @@ pub(crate) async fn measure<D: Db>(
     let catchup_secs = started.elapsed().as_secs_f64();
     same_state_everywhere(cluster).await?;
 
-    let pids = proc_stats::replica_pids(dir);
+    let pids = cluster.pids();
     let peak_rss_bytes = proc_stats::peak_rss_of(&pids, &cluster.slots());
     Ok(RecoveryResult {
         db,

@@ -379,6 +379,10 @@ impl Db for EtcdDb {
         self.cluster.log_files()
     }
 
+    fn pids(&self) -> std::collections::BTreeMap<usize, u32> {
+        self.cluster.pids()
+    }
+
     async fn teardown(&mut self) {
         self.cluster.teardown().await;
     }

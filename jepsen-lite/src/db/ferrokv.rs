@@ -360,6 +360,10 @@ impl Db for FerrokvDb {
         self.cluster.log_files()
     }
 
+    fn pids(&self) -> std::collections::BTreeMap<usize, u32> {
+        self.cluster.pids()
+    }
+
     async fn teardown(&mut self) {
         self.cluster.teardown().await;
     }

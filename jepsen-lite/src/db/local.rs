@@ -189,6 +189,14 @@ impl LocalCluster {
         }
     }
 
+    /// The pid of each running replica, by slot.
+    pub fn pids(&self) -> BTreeMap<usize, u32> {
+        self.replicas
+            .iter()
+            .filter_map(|(slot, r)| Some((*slot, r.process.pid()?)))
+            .collect()
+    }
+
     /// Log files, by node name.
     pub fn log_files(&self) -> Vec<(String, PathBuf)> {
         self.replicas

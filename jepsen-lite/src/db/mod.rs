@@ -126,6 +126,8 @@ pub trait Db {
     async fn state_hashes(&self) -> Vec<ReplicaHash>;
     /// Log files, by node name.
     fn log_files(&self) -> Vec<(String, PathBuf)>;
+    /// The pid of each running replica, by slot (for CPU and memory readings).
+    fn pids(&self) -> std::collections::BTreeMap<usize, u32>;
     /// Kills everything.
     async fn teardown(&mut self);
 }
