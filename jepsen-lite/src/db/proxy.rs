@@ -249,13 +249,19 @@ mod tests {
         ) && &buf == b"ping"
     }
 
-    #[tokio::test]
-    async fn a_cut_link_closes_open_connections_and_refuses_new_ones_until_healed() {
+    /// A network with one route: a proxy for slot 2 in front of an echo server.
+    async fn proxy_to_echo() -> (Network, SocketAddr) {
         let target = echo().await;
         let port = crate::db::free_port(proxy_ip(2)).expect("port");
         let listen = SocketAddr::new(proxy_ip(2), port);
         let mut net = Network::new();
         net.add_route(2, listen, target).await.expect("route");
+        (net, listen)
+    }
+
+    #[tokio::test]
+    async fn a_cut_link_closes_open_connections_and_refuses_new_ones_until_healed() {
+        let (net, listen) = proxy_to_echo().await;
 
         let mut from1 = connect_from(1, listen).await.expect("connect 1->2");
         let mut from3 = connect_from(3, listen).await.expect("connect 3->2");
@@ -280,11 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_from_127_0_0_1_are_told_apart_by_the_process_that_owns_them() {
-        let target = echo().await;
-        let port = crate::db::free_port(proxy_ip(2)).expect("port");
-        let listen = SocketAddr::new(proxy_ip(2), port);
-        let mut net = Network::new();
-        net.add_route(2, listen, target).await.expect("route");
+        let (net, listen) = proxy_to_echo().await;
         let plain = || TcpStream::connect(listen);
 
         // Nobody registered: the source is unknown, so any cut at slot 2 closes it.
